@@ -1,0 +1,60 @@
+"""Profiles: the scale at which a notebook runs.
+
+Every notebook, chapter or experiment, has one cell tagged ``parameters`` whose default profile is the
+environment variable ``LAMB_PROFILE`` or ``"cpu"``; the next cell asks this module for its settings::
+
+    PROFILE = os.environ.get("LAMB_PROFILE", "cpu")      # the `parameters` cell (papermill may override)
+    settings = lamb.profiles.settings("01_why_large_batches", PROFILE)
+
+=========  ==========================  ==================================================================
+profile    where                       budget per notebook
+=========  ==========================  ==================================================================
+``smoke``  CI and nbval, 2 CPU cores   under a minute: every cell runs and every assertion holds
+``cpu``    a laptop; the book build    a few minutes: the figures readers see
+``gpu``    one GPU                     under an hour: the paper's trends at a real scale
+``tpu``    Colab TPU (JAX)             as ``gpu``
+=========  ==========================  ==================================================================
+
+All settings live in :data:`SETTINGS`, one entry per notebook (the notebook's file name without
+``.ipynb``), so that the scale of the whole book can be read and changed in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from types import MappingProxyType
+
+PROFILES = ("smoke", "cpu", "gpu", "tpu")
+DEFAULT_PROFILE = "cpu"
+
+# notebook name -> profile -> settings. A setting shared by all profiles goes under "common".
+SETTINGS: dict[str, dict[str, dict]] = {}
+
+
+def current_profile() -> str:
+    """The profile named by ``LAMB_PROFILE``, or ``"cpu"``; an unknown name is an error."""
+    return check_profile(os.environ.get("LAMB_PROFILE", DEFAULT_PROFILE))
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: the profiles are {', '.join(PROFILES)}")
+    return profile
+
+
+def settings(notebook: str, profile: str | None = None) -> MappingProxyType:
+    """The settings of ``notebook`` (file name without ``.ipynb``) at ``profile`` (default: the current one).
+
+    The result is read-only, merged from the notebook's ``"common"`` entry and its profile's entry.
+    """
+    profile = current_profile() if profile is None else check_profile(profile)
+    notebook = notebook.removesuffix(".ipynb").rsplit("/", 1)[-1]
+    if notebook not in SETTINGS:
+        raise KeyError(
+            f"no settings for notebook {notebook!r}; known notebooks: {', '.join(sorted(SETTINGS)) or 'none'}"
+        )
+    entry = SETTINGS[notebook]
+    merged = dict(entry.get("common", {}))
+    merged.update(entry.get(profile, {}))
+    merged["profile"] = profile
+    return MappingProxyType(merged)
