@@ -15,20 +15,32 @@ profile    where                       budget per notebook
 ``tpu``    Colab TPU (JAX)             as ``gpu``
 =========  ==========================  ==================================================================
 
-All settings live in :data:`SETTINGS`, one entry per notebook (the notebook's file name without
-``.ipynb``), so that the scale of the whole book can be read and changed in one place.
+Each notebook's settings live in one TOML file, ``lamb/settings/<notebook>.toml`` (the notebook's file name
+without ``.ipynb``), with a ``[common]`` table and one table per profile that overrides it::
+
+    [common]
+    seeds = 3
+    [smoke]
+    steps = 20
+    [cpu]
+    steps = 600
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+from importlib import resources
 from types import MappingProxyType
 
 PROFILES = ("smoke", "cpu", "gpu", "tpu")
 DEFAULT_PROFILE = "cpu"
 
-# notebook name -> profile -> settings. A setting shared by all profiles goes under "common".
-SETTINGS: dict[str, dict[str, dict]] = {}
+
+def available_notebooks() -> list[str]:
+    """The notebooks that have a settings file."""
+    folder = resources.files("lamb") / "settings"
+    return sorted(f.name.removesuffix(".toml") for f in folder.iterdir() if f.name.endswith(".toml"))
 
 
 def current_profile() -> str:
@@ -49,11 +61,15 @@ def settings(notebook: str, profile: str | None = None) -> MappingProxyType:
     """
     profile = current_profile() if profile is None else check_profile(profile)
     notebook = notebook.removesuffix(".ipynb").rsplit("/", 1)[-1]
-    if notebook not in SETTINGS:
+    path = resources.files("lamb") / "settings" / f"{notebook}.toml"
+    if not path.is_file():
         raise KeyError(
-            f"no settings for notebook {notebook!r}; known notebooks: {', '.join(sorted(SETTINGS)) or 'none'}"
+            f"no settings for notebook {notebook!r}; known notebooks: {', '.join(available_notebooks()) or 'none'}"
         )
-    entry = SETTINGS[notebook]
+    entry = tomllib.loads(path.read_text(encoding="utf-8"))
+    unknown = set(entry) - {"common", *PROFILES}
+    if unknown:
+        raise ValueError(f"{path}: unknown tables {sorted(unknown)}; allowed: common, {', '.join(PROFILES)}")
     merged = dict(entry.get("common", {}))
     merged.update(entry.get(profile, {}))
     merged["profile"] = profile
