@@ -367,12 +367,21 @@ def _lars_layer_kernel(x, g, m, neg_lr, beta1, weight_decay, clip_lo, clip_hi, n
 _COMPILED: dict[str, object] = {}
 
 
+# Each variant (nesterov, norm, layer_adaptation, maximize), dtype and the 1-element case is one graph of the
+# same function; torch's default limit of 8 graphs per function would silently fall back to eager.
+_RECOMPILE_LIMIT = 64
+
+
 def _compiled(kernel):
     """torch.compile'd kernel, created on first use; layer lengths are symbolic (one compile for all sizes)."""
     name = kernel.__name__
     if name not in _COMPILED:
         _COMPILED[name] = torch.compile(kernel, dynamic=True, fullgraph=True)
     return _COMPILED[name]
+
+
+def _recompile_limit():
+    return torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT)
 
 
 def _flat(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -384,10 +393,12 @@ def _flat(*tensors: Tensor) -> tuple[Tensor, ...]:
     first = tensors[0]
     if all(t.is_contiguous() for t in tensors):
         return tuple(t.view(-1) for t in tensors)
-    if first.is_non_overlapping_and_dense() and all(t.stride() == first.stride() for t in tensors):
-        # A permuted dense layout: the storage, read in order, holds every element exactly once.
+    if all(t.stride() == first.stride() for t in tensors):
+        # A permuted dense layout (e.g. a transposed matrix) is contiguous once its dimensions are sorted by
+        # stride; the flattened permuted view holds every element exactly once.
         order = sorted(range(first.dim()), key=lambda d: -first.stride(d))
-        return tuple(t.permute(order).view(-1) for t in tensors)
+        if first.permute(order).is_contiguous():
+            return tuple(t.permute(order).view(-1) for t in tensors)
     return tensors
 
 
@@ -408,21 +419,29 @@ def _fused_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_products, 
     steps = _advance_counters(state_steps, mu_products, beta1, nesterov, momentum_decay)
     clip_lo, clip_hi = (0.0, math.inf) if trust_clip is None else trust_clip  # clamp(z, 0, inf) = z for norms
     kernel = _compiled(_lamb_layer_kernel)
-    ratios = []
-    for i, (x, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        if nesterov is None:
-            c1, c2 = _bias_corrections(steps[i], beta1, beta2, bias_correction)
-            a_m, a_g, b_v, b_g = 1.0 / c1, 0.0, 1.0 / c2, 0.0
-        else:
-            a_m, a_g, b_v, b_g = _nesterov_coefficients(
-                steps[i], float(mu_products[i]), beta1, beta2, nesterov, momentum_decay, bias_correction)
-        if x.numel() == 0:  # nothing to update; the trust ratio of an empty layer is 1
-            ratios.append(torch.ones((), dtype=m.dtype, device=m.device))
-            continue
-        xf, gf, mf, vf = _flat(x, g, m, v)
-        ratios.append(kernel(xf, gf, mf, vf, _neg_lr(lr, x.device), beta1, beta2, eps, weight_decay, a_m, a_g,
-                             b_v, b_g, clip_lo, clip_hi, nesterov, norm, layer_adaptation, maximize))
-    return ratios
+    with _recompile_limit():
+        return [_fused_lamb_layer(kernel, x, g, m, v, steps[i], mu_products[i] if nesterov else None, lr=lr,
+                                  beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                  bias_correction=bias_correction, norm=norm, clip_lo=clip_lo, clip_hi=clip_hi,
+                                  nesterov=nesterov, momentum_decay=momentum_decay,
+                                  layer_adaptation=layer_adaptation, maximize=maximize)
+                for i, (x, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs))]
+
+
+def _fused_lamb_layer(kernel, x, g, m, v, t, mu_product, *, lr, beta1, beta2, eps, weight_decay, bias_correction,
+                      norm, clip_lo, clip_hi, nesterov, momentum_decay, layer_adaptation, maximize) -> Tensor:
+    if nesterov is None:
+        c1, c2 = _bias_corrections(t, beta1, beta2, bias_correction)
+        a_m, a_g, b_v, b_g = 1.0 / c1, 0.0, 1.0 / c2, 0.0
+    else:
+        a_m, a_g, b_v, b_g = _nesterov_coefficients(
+            t, float(mu_product), beta1, beta2, nesterov, momentum_decay, bias_correction)
+    if x.numel() == 0:  # nothing to update; the trust ratio of an empty layer is 1
+        return torch.ones((), dtype=m.dtype, device=m.device)
+    xf, gf, mf, vf = _flat(x, g, m, v)
+    return kernel(xf, gf, mf, vf, _neg_lr(lr, x.device), beta1, beta2, eps, weight_decay, a_m, a_g, b_v, b_g,
+                  clip_lo, clip_hi, nesterov, norm, layer_adaptation, maximize)
+
 
 
 def lamb(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
@@ -522,13 +541,14 @@ def _fused_lars(params, grads, momenta, *, lr, beta1, weight_decay, norm, trust_
     clip_lo, clip_hi = (0.0, math.inf) if trust_clip is None else trust_clip
     kernel = _compiled(_lars_layer_kernel)
     ratios = []
-    for x, g, m in zip(params, grads, momenta):
-        if x.numel() == 0:
-            ratios.append(torch.ones((), dtype=m.dtype, device=m.device))
-            continue
-        xf, gf, mf = _flat(x, g, m)
-        ratios.append(kernel(xf, gf, mf, _neg_lr(lr, x.device), beta1, weight_decay, clip_lo, clip_hi,
-                             bool(nesterov), norm, layer_adaptation, maximize))
+    with _recompile_limit():
+        for x, g, m in zip(params, grads, momenta):
+            if x.numel() == 0:
+                ratios.append(torch.ones((), dtype=m.dtype, device=m.device))
+                continue
+            xf, gf, mf = _flat(x, g, m)
+            ratios.append(kernel(xf, gf, mf, _neg_lr(lr, x.device), beta1, weight_decay, clip_lo, clip_hi,
+                                 bool(nesterov), norm, layer_adaptation, maximize))
     return ratios
 
 

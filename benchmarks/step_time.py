@@ -1,0 +1,157 @@
+"""Optimizer step time on BERT-base parameter shapes: lamb.torch.Lamb (each path) against torch AdamW and others.
+
+Not a test: it prints one table of medians measured in one run, in milliseconds and as ratios to
+``torch.optim.AdamW(fused=True)`` and ``AdamW(foreach=True)`` from the same run. BERT-base: 199 tensors,
+109.5M fp32 parameters (embeddings, 12 encoder layers, pooler); every gradient is fixed random data, so only
+the optimizer's step is timed.
+
+    .venv/bin/python benchmarks/step_time.py                      # 2 threads, all optimizers
+    .venv/bin/python benchmarks/step_time.py --only adamw lamb    # names start with these prefixes
+    .venv/bin/python benchmarks/step_time.py --layers 2 --steps 3 # a quick smoke run
+
+timm and torch-optimizer are optional (benchmark only, never in requirements.txt). Install them without
+letting pip touch torch: ``pip install --no-deps timm torch-optimizer pytorch-ranger``. timm's ``Lamb`` is
+loaded from its module file, so torchvision (which ``import timm`` needs) is not required. Missing ones are
+skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import importlib.util
+import statistics
+import sys
+import time
+import types
+
+import torch
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+from lamb.torch import Lamb  # noqa: E402
+
+
+def bert_base_shapes(layers: int = 12, vocab: int = 30522, hidden: int = 768, intermediate: int = 3072,
+                     positions: int = 512) -> list[tuple[int, ...]]:
+    """Parameter shapes of BERT-base (Devlin et al. 2019) in the order of Hugging Face's BertModel."""
+    shapes = [(vocab, hidden), (positions, hidden), (2, hidden), (hidden,), (hidden,)]
+    for _ in range(layers):
+        for _ in range(3):                                      # query, key, value
+            shapes += [(hidden, hidden), (hidden,)]
+        shapes += [(hidden, hidden), (hidden,), (hidden,), (hidden,)]              # attention output, LayerNorm
+        shapes += [(intermediate, hidden), (intermediate,)]                        # intermediate
+        shapes += [(hidden, intermediate), (hidden,), (hidden,), (hidden,)]        # output, LayerNorm
+    shapes += [(hidden, hidden), (hidden,)]                     # pooler
+    return shapes
+
+
+def load_timm_lamb():
+    """timm's Lamb class, imported from its module file without running ``timm/__init__`` (needs torchvision)."""
+    spec = importlib.util.find_spec("timm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    optim_dir = str(__import__("pathlib").Path(list(spec.submodule_search_locations)[0]) / "optim")
+    package = types.ModuleType("_timm_optim")
+    package.__path__ = [optim_dir]
+    sys.modules["_timm_optim"] = package
+    return importlib.import_module("_timm_optim.lamb").Lamb
+
+
+def load_torch_optimizer_lamb():
+    try:
+        return importlib.import_module("torch_optimizer").Lamb
+    except ImportError:
+        return None
+
+
+def candidates(lr: float = 1e-3, weight_decay: float = 0.01):
+    """(name, factory(params) -> optimizer) for every optimizer available here."""
+    out = [
+        ("AdamW fused", lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay, fused=True)),
+        ("AdamW foreach", lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay, foreach=True)),
+        ("Lamb fused (compiled)", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, fused=True)),
+        ("Lamb foreach", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, foreach=True)),
+        ("Lamb single-tensor", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, foreach=False)),
+        ("Lamb foreach, nesterov='nn'", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, nesterov="nn")),
+    ]
+    timm_lamb = load_timm_lamb()
+    if timm_lamb is None:
+        print("note: timm is not installed; skipping timm's Lamb (pip install --no-deps timm)")
+    else:
+        # max_grad_norm=None: no global gradient clipping, the same algorithm as ours (timm's default clips).
+        out.append(("timm Lamb", lambda p: timm_lamb(p, lr=lr, weight_decay=weight_decay, max_grad_norm=None)))
+        out.append(("timm Lamb, foreach", lambda p: timm_lamb(p, lr=lr, weight_decay=weight_decay,
+                                                              max_grad_norm=None, foreach=True)))
+    topt_lamb = load_torch_optimizer_lamb()
+    if topt_lamb is None:
+        print("note: torch-optimizer is not installed; skipping its Lamb "
+              "(pip install --no-deps torch-optimizer pytorch-ranger)")
+    else:
+        out.append(("torch-optimizer Lamb", lambda p: topt_lamb(p, lr=lr, weight_decay=weight_decay)))
+    return out
+
+
+def time_steps(opt, warmup: int, steps: int) -> tuple[float, float]:
+    """(first step's seconds, median seconds of ``steps`` steps after ``warmup`` steps)."""
+    start = time.perf_counter()
+    opt.step()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        opt.step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--layers", type=int, default=12, help="encoder layers (default 12: BERT-base)")
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per optimizer (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (includes compilation)")
+    parser.add_argument("--only", nargs="*", default=None, help="run optimizers whose name starts with these")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    shapes = bert_base_shapes(layers=args.layers)
+    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    numel = sum(p.numel() for p in params)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(params)} tensors, "
+          f"{numel / 1e6:.1f}M fp32 parameters, median of {args.steps} steps after {args.warmup} warm-up")
+
+    results = {}
+    for name, factory in candidates():
+        if args.only and not any(name.lower().startswith(o.lower()) for o in args.only):
+            continue
+        opt = factory(params)
+        try:
+            first, median = time_steps(opt, args.warmup, args.steps)
+        except Exception as exc:  # report and go on: one broken third-party optimizer must not stop the table
+            print(f"{name}: failed: {type(exc).__name__}: {exc}")
+            continue
+        finally:
+            del opt
+            gc.collect()
+        results[name] = (first, median)
+        print(f"  {name:<30s} {median * 1e3:9.1f} ms  (first step {first:.2f} s)", flush=True)
+
+    fused = results.get("AdamW fused", (None, None))[1]
+    foreach = results.get("AdamW foreach", (None, None))[1]
+    print()
+    print(f"| optimizer | median ms/step | / AdamW fused | / AdamW foreach | first step s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (first, median) in results.items():
+        r1 = f"{median / fused:.2f}" if fused else "-"
+        r2 = f"{median / foreach:.2f}" if foreach else "-"
+        print(f"| {name} | {median * 1e3:.1f} | {r1} | {r2} | {first:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
