@@ -1,0 +1,223 @@
+"""lamb.experiments.data: offline datasets, the cache, deterministic batches, real loaders on local fixtures."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from lamb.experiments import data
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache directory, so tests neither read nor fill the user's cache."""
+    monkeypatch.setenv("LAMB_DATA_DIR", str(tmp_path / "cache"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MNIST-1D
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_mnist1d_matches_the_package_generator():
+    """Our arrays are the package's make_dataset output (independent call), cast to float32/int32."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    ds = data.load("mnist1d", seed=3, num_samples=300)
+    args = get_dataset_args()
+    args.num_samples, args.seed = 300, 3
+    ref = make_dataset(args)
+    np.testing.assert_array_equal(ds.x_train, ref["x"].astype(np.float32))
+    np.testing.assert_array_equal(ds.y_train, ref["y"])
+    np.testing.assert_array_equal(ds.x_test, ref["x_test"].astype(np.float32))
+    np.testing.assert_array_equal(ds.y_test, ref["y_test"])
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.input_shape == (40,) and ds.num_classes == 10
+    assert (ds.num_train, ds.num_test) == (240, 60)
+    # every digit is generated num_samples // 10 times
+    assert np.array_equal(np.bincount(np.concatenate([ds.y_train, ds.y_test]), minlength=10), np.full(10, 30))
+
+
+def test_mnist1d_deterministic_seed_dependent_and_cached(tmp_path):
+    a = data.load("mnist1d", seed=0, num_samples=200)
+    cached = list((tmp_path / "cache").glob("mnist1d-*.npz"))
+    assert len(cached) == 1
+    b = data.load("mnist1d", seed=0, num_samples=200)  # read from the cache
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    c = data.load("mnist1d", seed=0, num_samples=200, cache=False)  # regenerated
+    np.testing.assert_array_equal(a.x_train, c.x_train)
+    d = data.load("mnist1d", seed=1, num_samples=200)
+    assert not np.array_equal(a.x_train, d.x_train)
+    assert len(list((tmp_path / "cache").glob("mnist1d-*.npz"))) == 2  # keyed by the seed
+
+
+def test_mnist1d_cache_is_keyed_by_generator_args(tmp_path):
+    a = data.load("mnist1d", seed=0, num_samples=200)
+    b = data.load("mnist1d", seed=0, num_samples=200, shuffle_seq=True)
+    assert not np.array_equal(a.x_train, b.x_train)
+    assert len(list((tmp_path / "cache").glob("mnist1d-*.npz"))) == 2
+
+
+def test_mnist1d_damaged_cache_is_regenerated(tmp_path):
+    a = data.load("mnist1d", seed=0, num_samples=200)
+    (path,) = (tmp_path / "cache").glob("mnist1d-*.npz")
+    path.write_bytes(b"not an npz file")
+    b = data.load("mnist1d", seed=0, num_samples=200)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+
+
+def test_mnist1d_leaves_global_random_state_alone():
+    np.random.seed(123)
+    random.seed(123)
+    expected_np, expected_py = np.random.rand(), random.random()
+    np.random.seed(123)
+    random.seed(123)
+    data.load("mnist1d", seed=0, num_samples=100, cache=False)
+    assert np.random.rand() == expected_np and random.random() == expected_py
+
+
+def test_mnist1d_profile_sizes(monkeypatch):
+    assert data.mnist1d_num_samples("smoke") == 5000
+    # the cpu profile supports batch 8192 with several steps per epoch
+    assert 0.8 * data.mnist1d_num_samples("cpu") // 8192 >= 5
+    assert 0.8 * data.mnist1d_num_samples("gpu") // 8192 >= 30
+    monkeypatch.setenv("LAMB_PROFILE", "smoke")
+    assert data.mnist1d_num_samples() == 5000
+    with pytest.raises(ValueError, match="profile"):
+        data.mnist1d_num_samples("laptop")
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"num_samples": 105}, ValueError, "multiple of 10"),
+    ({"num_samples": 0}, ValueError, "num_samples"),
+    ({"num_samples": 100.0}, TypeError, "num_samples"),
+    ({"seed": -1}, ValueError, "seed"),
+    ({"train_split": 1.0}, ValueError, "train_split"),
+    ({"colour": "red"}, TypeError, "colour"),
+])
+def test_mnist1d_bad_arguments(kwargs, error, match):
+    kwargs = {"num_samples": 100, **kwargs}
+    with pytest.raises(error, match=match):
+        data.load("mnist1d", **kwargs)
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="mnist1d"):
+        data.load("mnist2d")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# digits
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_digits_split_and_standardization():
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    ds = data.load("digits")
+    assert ds.input_shape == (64,) and ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.num_train + ds.num_test == len(raw.target) == 1797
+    # stratified: each class has round(0.2 * n_c) test examples
+    counts = np.bincount(raw.target, minlength=10)
+    np.testing.assert_array_equal(np.bincount(ds.y_test, minlength=10), np.round(0.2 * counts))
+    # standardized with training statistics: zero mean, unit std where the pixel varies, zero where constant
+    std = ds.x_train.std(axis=0)
+    np.testing.assert_allclose(ds.x_train.mean(axis=0), 0, atol=1e-5)
+    varying = std > 1e-6
+    np.testing.assert_allclose(std[varying], 1, rtol=1e-4)
+    assert varying.sum() >= 60  # only a few always-blank corner pixels
+    # the same examples as sklearn's: the labels of the two splits together are sklearn's labels
+    np.testing.assert_array_equal(np.bincount(np.concatenate([ds.y_train, ds.y_test]), minlength=10), counts)
+    np.testing.assert_array_equal(data.load("digits").x_test, ds.x_test)  # deterministic
+    assert not np.array_equal(data.load("digits", seed=1).y_test, ds.y_test)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_batches_shapes_cover_and_pair():
+    x = np.arange(1000, dtype=np.float32).reshape(100, 10)
+    y = np.arange(100, dtype=np.int32)
+    out = list(data.batches(x, y, batch_size=32, seed=0, epoch=0))
+    assert len(out) == 3 == data.num_batches(100, 32)
+    seen = []
+    for xb, yb in out:
+        assert xb.shape == (32, 10) and yb.shape == (32,)
+        np.testing.assert_array_equal(xb[:, 0], yb * 10)  # rows stay paired with their labels
+        seen.extend(yb.tolist())
+    assert len(set(seen)) == 96  # no repeats within an epoch
+    out = list(data.batches(x, y, batch_size=32, drop_remainder=False))
+    assert [len(b[1]) for b in out] == [32, 32, 32, 4] and data.num_batches(100, 32, False) == 4
+    assert sorted(np.concatenate([b[1] for b in out]).tolist()) == list(range(100))
+    out = list(data.batches(x, y, batch_size=32, shuffle=False))
+    np.testing.assert_array_equal(out[0][1], np.arange(32))
+
+
+def test_batches_are_deterministic_by_seed_and_epoch():
+    y = np.arange(1000)
+
+    def order(seed, epoch):
+        return np.concatenate([b for (b,) in data.batches(y, batch_size=100, seed=seed, epoch=epoch)])
+
+    np.testing.assert_array_equal(order(0, 0), order(0, 0))
+    # the documented recipe, computed independently: PCG64 seeded with SeedSequence([seed, epoch])
+    expected = np.random.Generator(np.random.PCG64(np.random.SeedSequence([7, 3]))).permutation(1000)
+    np.testing.assert_array_equal(order(7, 3), expected)
+    assert not np.array_equal(order(0, 0), order(0, 1))
+    assert not np.array_equal(order(0, 1), order(1, 0))  # no seed+epoch collision
+
+
+def test_same_batches_in_a_fresh_process_with_another_hash_seed(tmp_path):
+    """Nothing depends on Python's per-process hash randomization (set/dict order of strings): two fresh
+    interpreters with different PYTHONHASHSEED produce the same data and batches."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from lamb.experiments import data; import hashlib\n"
+        "ds = data.load('mnist1d', seed=0, num_samples=100, cache=False)\n"
+        "h = hashlib.sha256()\n"
+        "for xb, yb in data.batches(ds.x_train, ds.y_train, batch_size=16, seed=1, epoch=2):\n"
+        "    h.update(xb.tobytes()); h.update(yb.tobytes())\n"
+        "print(h.hexdigest())\n")
+    outputs = []
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed, LAMB_DATA_DIR=str(tmp_path / hash_seed))
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        outputs.append(run.stdout.strip())
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 64
+
+
+def test_batch_stream_resumes_exactly():
+    x = np.arange(50)
+    full = [b for (b,), _ in zip(data.batch_stream(x, batch_size=8, seed=5), range(20))]
+    # epoch boundaries: 6 batches per epoch; step 6 starts epoch 1 with its own order
+    np.testing.assert_array_equal(np.concatenate(full[:6]),
+                                  data.epoch_order(50, seed=5, epoch=0)[:48])
+    np.testing.assert_array_equal(full[6], data.epoch_order(50, seed=5, epoch=1)[:8])
+    for start in (0, 5, 6, 13):
+        resumed = [b for (b,), _ in zip(data.batch_stream(x, batch_size=8, seed=5, start_step=start),
+                                        range(20 - start))]
+        for a, b in zip(full[start:], resumed):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"batch_size": 2.0}, TypeError, "batch_size"),
+    ({"batch_size": 11}, ValueError, "batch_size=11"),
+    ({"batch_size": 2, "seed": -1}, ValueError, "seed"),
+    ({"batch_size": 2, "epoch": -1}, ValueError, "epoch"),
+])
+def test_batches_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        list(data.batches(np.zeros(10), np.zeros(10), **kwargs))
+
+
+def test_batches_mismatched_lengths():
+    with pytest.raises(ValueError, match="same length"):
+        list(data.batches(np.zeros(10), np.zeros(9), batch_size=2))
