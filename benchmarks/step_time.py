@@ -21,6 +21,7 @@ import argparse
 import gc
 import importlib
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -92,8 +93,8 @@ def candidates(lr: float = 1e-3, weight_decay: float = 0.01):
     return out
 
 
-def time_steps(opt, warmup: int, steps: int) -> tuple[float, float]:
-    """(first step's seconds, median seconds of ``steps`` steps after ``warmup`` steps)."""
+def time_steps(opt, warmup: int, steps: int) -> tuple[float, list[float]]:
+    """(first step's seconds, seconds of each of ``steps`` steps after ``warmup`` steps)."""
     start = time.perf_counter()
     opt.step()
     first = time.perf_counter() - start
@@ -104,17 +105,29 @@ def time_steps(opt, warmup: int, steps: int) -> tuple[float, float]:
         start = time.perf_counter()
         opt.step()
         times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+    return first, times
+
+
+# glibc hands blocks over 32 MB straight back to the kernel, so every foreach step re-faults its temporaries
+# (the word-embedding tensor alone is 94 MB) page by page; on a VM that costs more than the arithmetic and
+# varies from run to run. These keep freed memory in the process, for every optimizer alike.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (default 12: BERT-base)")
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per optimizer (median reported)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per optimizer and round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (includes compilation)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds: each optimizer is timed once per round (default 3)")
     parser.add_argument("--only", nargs="*", default=None, help="run optimizers whose name starts with these")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc's default mmap threshold (see MALLOC_ENV)")
     args = parser.parse_args(argv)
+    if not args.no_malloc_tuning and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -124,23 +137,36 @@ def main(argv=None) -> None:
         p.grad = torch.randn_like(p) * 1e-3
     numel = sum(p.numel() for p in params)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(params)} tensors, "
-          f"{numel / 1e6:.1f}M fp32 parameters, median of {args.steps} steps after {args.warmup} warm-up")
+          f"{numel / 1e6:.1f}M fp32 parameters; median of {args.rounds} rounds x {args.steps} steps, each round "
+          f"after {args.warmup} warm-up steps")
 
-    results = {}
-    for name, factory in candidates():
-        if args.only and not any(name.lower().startswith(o.lower()) for o in args.only):
-            continue
-        opt = factory(params)
-        try:
-            first, median = time_steps(opt, args.warmup, args.steps)
-        except Exception as exc:  # report and go on: one broken third-party optimizer must not stop the table
-            print(f"{name}: failed: {type(exc).__name__}: {exc}")
-            continue
-        finally:
-            del opt
-            gc.collect()
-        results[name] = (first, median)
-        print(f"  {name:<30s} {median * 1e3:9.1f} ms  (first step {first:.2f} s)", flush=True)
+    print("malloc tuning: " + ("off" if args.no_malloc_tuning else
+                               ", ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())))
+    chosen = [(name, factory) for name, factory in candidates()
+              if not args.only or any(name.lower().startswith(o.lower()) for o in args.only)]
+    # Rounds interleave the optimizers, so that a slow spell of a shared machine hits all of them alike;
+    # the median is over every timed step of every round.
+    times: dict[str, list[float]] = {name: [] for name, _ in chosen}
+    first_steps: dict[str, float] = {}
+    for round_ in range(args.rounds):
+        for name, factory in chosen:
+            if name not in times:
+                continue  # failed in an earlier round
+            opt = factory(params)
+            try:
+                first, step_times = time_steps(opt, args.warmup, args.steps)
+            except Exception as exc:  # report and go on: one broken third-party optimizer must not stop the table
+                print(f"{name}: failed: {type(exc).__name__}: {exc}")
+                del times[name]
+                continue
+            finally:
+                del opt
+                gc.collect()
+            first_steps.setdefault(name, first)
+            times[name] += step_times
+            print(f"  round {round_ + 1}: {name:<30s} {statistics.median(step_times) * 1e3:9.1f} ms"
+                  + (f"  (first step {first:.2f} s)" if round_ == 0 else ""), flush=True)
+    results = {name: (first_steps[name], statistics.median(ts)) for name, ts in times.items() if ts}
 
     fused = results.get("AdamW fused", (None, None))[1]
     foreach = results.get("AdamW foreach", (None, None))[1]
