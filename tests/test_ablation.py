@@ -27,6 +27,10 @@ def test_run_collects_every_config_and_seed():
     s = result.summary("acc")["A"]
     np.testing.assert_allclose([s["mean"], s["min"], s["max"]], [0.51, 0.5, 0.52])
     np.testing.assert_allclose(s["std"], 0.01)  # sample std of {0, 0.01, 0.02}
+    only_b = result.select(["B"])
+    assert only_b.names == ["B"] and set(only_b.histories) == {"B"}
+    with pytest.raises(KeyError, match="unknown configurations"):
+        result.select(["C"])
 
 
 def test_spread_matches_scipy_anova_and_ranges():
@@ -124,3 +128,14 @@ def test_run_vectorized_equals_run(task):
     b = ablation.run(configs, [0, 1], task.train)
     for name in configs:
         np.testing.assert_allclose(a.curves("train_loss")[name], b.curves("train_loss")[name], rtol=1e-4)
+
+
+def test_validation_split_holds_out_part_of_the_training_set(task):
+    val = task.validation_split(0.25)
+    assert len(val.x_train) == 600 and len(val.x_test) == 200
+    # Validation and training examples come from the original training set and do not overlap.
+    rows = {r.tobytes() for r in task.x_train}
+    assert all(r.tobytes() in rows for r in val.x_test)
+    assert not ({r.tobytes() for r in val.x_train} & {r.tobytes() for r in val.x_test})
+    with pytest.raises(ValueError, match="fraction"):
+        task.validation_split(1.5)

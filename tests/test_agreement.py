@@ -32,6 +32,16 @@ def test_reference_torch_and_optax_adamw_agree():
     assert agreement.max_relative_error(other, ref) > 1e-4
 
 
+def test_torch_nadam_agrees_in_float64():
+    import torch
+
+    x0, grads = _setup()
+    ref = agreement.run_reference(reference.nadam, x0, grads, lr=0.01)
+    tor = agreement.run_torch(lambda p: torch.optim.NAdam(p, lr=0.01, momentum_decay=4e-3), x0, grads)
+    assert agreement.max_relative_error(tor, ref) < 1e-12
+    assert torch.get_default_dtype() == torch.float32  # restored after the run
+
+
 def test_reference_trust_ratios_are_recorded():
     x0, grads = _setup()
     ref = agreement.run_reference(reference.lamb, x0, grads, lr=0.1, weight_decay=0.0)

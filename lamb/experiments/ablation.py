@@ -106,6 +106,14 @@ class AblationResult:
             "exceeds_seed_noise": float(p < 0.05) if not math.isnan(p) else 0.0,
         }
 
+    def select(self, names: Sequence[str]) -> "AblationResult":
+        """The same result restricted to the configurations ``names`` (to compare a chosen pair)."""
+        unknown = [n for n in names if n not in self.histories]
+        if unknown:
+            raise KeyError(f"unknown configurations {unknown}; the result holds {self.names}")
+        return AblationResult(names=list(names), seeds=list(self.seeds), steps=self.steps,
+                              histories={n: self.histories[n] for n in names})
+
     def _check_metric(self, metric: str) -> None:
         first = self.histories[self.names[0]][0]
         if metric not in first:
@@ -207,7 +215,8 @@ class ImageTask:
     @classmethod
     def mnist1d(cls, num_samples: int = 5000, data_seed: int = 42, **kwargs) -> "ImageTask":
         """MNIST-1D with ``num_samples`` examples (80% train, 20% test), made by the ``mnist1d`` package's
-        generator (no download); the other arguments go to :class:`ImageTask`."""
+        generator through :func:`lamb.experiments.data.load_mnist1d` (no download, cached on disk); the other
+        arguments go to :class:`ImageTask`."""
         x_train, y_train, x_test, y_test = _mnist1d_arrays(int(num_samples), int(data_seed))
         return cls(x_train, y_train, x_test, y_test, **kwargs)
 
@@ -218,6 +227,22 @@ class ImageTask:
         return cls.mnist1d(num_samples=settings["num_samples"], hidden=tuple(settings["hidden"]),
                            steps=int(settings["steps"]), batch_size=int(settings["batch_size"]),
                            eval_every=int(settings["eval_every"]))
+
+    def validation_split(self, fraction: float, seed: int = 0) -> "ImageTask":
+        """The same task with a held-out ``fraction`` of the *training* set as its evaluation set, for
+        choosing hyperparameters without looking at the test set."""
+        import dataclasses
+
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        order = np.random.default_rng(seed).permutation(len(self.x_train))
+        n_val = int(round(fraction * len(order)))
+        if n_val == 0 or len(order) - n_val < self.batch_size:
+            raise ValueError(f"fraction {fraction} leaves {len(order) - n_val} training examples for batch "
+                             f"size {self.batch_size} and {n_val} for validation")
+        val, train = order[:n_val], order[n_val:]
+        return dataclasses.replace(self, x_train=self.x_train[train], y_train=self.y_train[train],
+                                   x_test=self.x_train[val], y_test=self.y_train[val])
 
     @property
     def steps_per_epoch(self) -> float:
@@ -342,18 +367,11 @@ def _stack(trees):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-_MNIST1D_CACHE: dict = {}
-
-
 def _mnist1d_arrays(num_samples: int, data_seed: int):
-    """MNIST-1D arrays (float32 signals, int32 labels), generated locally and kept for the session."""
-    key = (num_samples, data_seed)
-    if key not in _MNIST1D_CACHE:
-        from mnist1d.data import get_dataset_args, make_dataset
+    """MNIST-1D arrays (float32 signals, int32 labels) from :func:`lamb.experiments.data.load_mnist1d`
+    (generated locally, cached on disk)."""
+    from lamb.experiments import data
 
-        args = get_dataset_args()
-        args.num_samples, args.seed = num_samples, data_seed
-        d = make_dataset(args)
-        _MNIST1D_CACHE[key] = (d["x"].astype(np.float32), d["y"].astype(np.int32),
-                               d["x_test"].astype(np.float32), d["y_test"].astype(np.int32))
-    return _MNIST1D_CACHE[key]
+    d = data.load_mnist1d(seed=data_seed, num_samples=num_samples)
+    return (d.x_train.astype(np.float32), d.y_train.astype(np.int32),
+            d.x_test.astype(np.float32), d.y_test.astype(np.int32))

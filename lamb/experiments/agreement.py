@@ -76,23 +76,30 @@ def run_reference(algorithm: Callable, params, grads, **hyperparameters) -> Traj
 def run_torch(make_optimizer: Callable, params, grads, dtype=None) -> Trajectory:
     """Apply a ``torch.optim.Optimizer`` built by ``make_optimizer(list_of_tensors)`` to each step's gradients.
 
-    Tensors are float64 unless ``dtype`` says otherwise. Trust ratios are read from
+    Tensors (and torch's default dtype, during the run) are float64 unless ``dtype`` says otherwise. Trust ratios are read from
     ``optimizer.state[p]["trust_ratio"]`` where the optimizer records them (``lamb.torch.Lamb``, ``Lars``).
     """
     import torch
 
     dtype = torch.float64 if dtype is None else dtype
     params = _check_inputs(params, grads)
-    tensors = [torch.nn.Parameter(torch.tensor(x, dtype=dtype)) for x in params]
-    optimizer = make_optimizer(tensors)
-    out = Trajectory()
-    for step in grads:
-        for p, g in zip(tensors, step):
-            p.grad = torch.tensor(np.asarray(g), dtype=dtype)
-        optimizer.step()
-        out.params.append([p.detach().cpu().double().numpy().copy() for p in tensors])
-        ratios = [optimizer.state[p].get("trust_ratio") for p in tensors]
-        out.trust_ratio.append([float(r) for r in ratios] if all(r is not None for r in ratios) else [])
+    # Some torch.optim optimizers keep scalar state in the default dtype (NAdam's schedule product, float32
+    # by default), which would limit a float64 comparison to float32 accuracy: run in `dtype` throughout.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        tensors = [torch.nn.Parameter(torch.tensor(x, dtype=dtype)) for x in params]
+        optimizer = make_optimizer(tensors)
+        out = Trajectory()
+        for step in grads:
+            for p, g in zip(tensors, step):
+                p.grad = torch.tensor(np.asarray(g), dtype=dtype)
+            optimizer.step()
+            out.params.append([p.detach().cpu().double().numpy().copy() for p in tensors])
+            ratios = [optimizer.state[p].get("trust_ratio") for p in tensors]
+            out.trust_ratio.append([float(r) for r in ratios] if all(r is not None for r in ratios) else [])
+    finally:
+        torch.set_default_dtype(default)
     return out
 
 
