@@ -385,3 +385,27 @@ def test_param_groups_builds_berts_two_groups():
     assert len(opt.param_groups) == 2
     with pytest.raises(TypeError, match="collection of substrings"):
         param_groups(model, no_decay="bias")
+
+
+@pytest.mark.parametrize("opt_cls,kw", [(Lamb, dict(nesterov="nn")), (Lamb, dict(trust_clip=(0.5, 2.0))),
+                                        (Lars, dict(weight_decay=0.1))])
+def test_cpu_cache_chunks_give_identical_results(monkeypatch, opt_cls, kw):
+    """The foreach path cuts CPU tensor lists into cache-sized chunks; the chunking changes no bit."""
+    import lamb.torch._functional as functional
+
+    a, b = make_params(seed=9), make_params(seed=9)
+    opt_a = opt_cls(a, lr=0.05, foreach=True, **kw)
+    opt_b = opt_cls(b, lr=0.05, foreach=True, **kw)
+    g = torch.Generator().manual_seed(10)
+    for _ in range(4):
+        set_grads(a, g)
+        for p, q in zip(a, b):
+            q.grad = p.grad.clone()
+        opt_a.step()  # one chunk (the default size is far larger than these tensors)
+        with monkeypatch.context() as m:
+            m.setattr(functional, "_CPU_CHUNK_ELEMENTS", 8)
+            opt_b.step()
+            assert len(list(functional._device_chunks(b, [list(b)]))) == 3  # [30], [5, 1, 0], [12] elements
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+        assert torch.equal(opt_a.state[p]["trust_ratio"], opt_b.state[q]["trust_ratio"])

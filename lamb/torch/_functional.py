@@ -128,6 +128,30 @@ def _whole_layer_norms(local_norms: Tensor, shard_groups: Sequence[tuple], norm:
     return partial.sqrt() if norm == "l2" else partial
 
 
+# On a CPU, torch._foreach_* ops are loops of ordinary kernels: each op sweeps every tensor of the list
+# before the next op starts, so with ~100M parameters every op streams from DRAM. Cutting the list into
+# chunks whose working set (x, g, m, v and two temporaries) fits in the last-level cache lets every op after
+# a chunk's first one hit the cache. GPUs get one chunk (their foreach kernels are fused across tensors).
+_CPU_CHUNK_ELEMENTS = 1 << 19
+
+
+def _device_chunks(params: list[Tensor], tensor_lists: list[list[Tensor]]):
+    """Yield ((device, dtype), lists, indices) per device-and-dtype group, in cache-sized chunks on a CPU."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype(tensor_lists, with_indices=True)
+    for (device, dtype), (lists, indices) in grouped.items():
+        if device is None or torch.device(device).type != "cpu":
+            yield (device, dtype), lists, indices
+            continue
+        start, size = 0, 0
+        for k, x in enumerate(lists[0]):
+            if size and size + x.numel() > _CPU_CHUNK_ELEMENTS:
+                yield (device, dtype), [ts[start:k] for ts in lists], indices[start:k]
+                start, size = k, 0
+            size += x.numel()
+        if start < len(indices):
+            yield (device, dtype), [ts[start:] for ts in lists], indices[start:]
+
+
 def _trust_ratios(weight_norms: Tensor, update_norms: Tensor, trust_clip) -> Tensor:
     r"""Trust ratios :math:`\phi(\|x\|) / \|u\|`, and 1 where :math:`\|x\| = 0` or :math:`\|u\| = 0`.
 
@@ -247,8 +271,7 @@ def _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_pro
     ratios: list = [None] * len(params)
     shard_groups = [_shard_groups(p) for p in params]
     local = [[_local(t) for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-    grouped = Optimizer._group_tensors_by_device_and_dtype(local, with_indices=True)
-    for (device, dtype), ((xs, gs, ms, vs), indices) in grouped.items():
+    for (device, dtype), (xs, gs, ms, vs), indices in _device_chunks(params, local):
         low_precision = dtype in _LOW_PRECISION
         xs_orig = xs
         if low_precision:  # fp32 copies: the moments, norms and update are computed in fp32
@@ -507,8 +530,7 @@ def _multi_tensor_lars(params, grads, momenta, *, lr, beta1, weight_decay, norm,
     ratios: list = [None] * len(params)
     shard_groups = [_shard_groups(p) for p in params]
     local = [[_local(t) for t in ts] for ts in (params, grads, momenta)]
-    grouped = Optimizer._group_tensors_by_device_and_dtype(local, with_indices=True)
-    for (device, dtype), ((xs, gs, ms), indices) in grouped.items():
+    for (device, dtype), (xs, gs, ms), indices in _device_chunks(params, local):
         low_precision = dtype in _LOW_PRECISION
         xs_orig = xs
         if low_precision:
