@@ -221,3 +221,144 @@ def test_batches_bad_arguments(kwargs, error, match):
 def test_batches_mismatched_lengths():
     with pytest.raises(ValueError, match="same length"):
         list(data.batches(np.zeros(10), np.zeros(9), batch_size=2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real loaders on fixtures in the real on-disk formats
+# ----------------------------------------------------------------------------------------------------------------
+
+def _cifar_row(image):
+    """The documented CIFAR row layout: 1024 red, then 1024 green, then 1024 blue values, each plane
+    row-major (https://www.cs.toronto.edu/~kriz/cifar.html)."""
+    return np.concatenate([image[:, :, c].ravel() for c in range(3)])
+
+
+def _write_cifar(folder, files, n, label_keys, seed):
+    import pickle
+
+    g = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    written = {}
+    for name in files:
+        images = g.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        batch = {b"batch_label": name.encode(), b"data": np.stack([_cifar_row(im) for im in images]),
+                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        labels = {}
+        for key, classes in label_keys.items():
+            labels[key] = g.integers(0, classes, size=n).tolist()
+            batch[key.encode()] = labels[key]
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)  # the official files are Python 2 pickles
+        written[name] = (images, labels)
+    return written
+
+
+def test_cifar10_loader_reads_the_official_format(tmp_path):
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    written = _write_cifar(tmp_path / "cifar-10-batches-py", files, 4, {"labels": 10}, seed=0)
+    ds = data.load("cifar10", root=tmp_path, normalize=False)
+    assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3) and ds.num_classes == 10
+    expected = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
+    np.testing.assert_allclose(ds.x_train, expected / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_test, written["test_batch"][1]["labels"])
+    assert ds.y_train.dtype == np.int32 and ds.x_train.dtype == np.float32
+    # normalized: per-channel standardization with the training statistics
+    norm = data.load("cifar10", root=tmp_path / "cifar-10-batches-py")  # the folder itself works too
+    np.testing.assert_allclose(norm.x_train.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(norm.x_train.std(axis=(0, 1, 2)), 1, rtol=1e-4)
+
+
+def test_cifar100_fine_and_coarse_labels(tmp_path):
+    written = _write_cifar(tmp_path / "cifar-100-python", ["train", "test"], 6,
+                           {"fine_labels": 100, "coarse_labels": 20}, seed=1)
+    fine = data.load("cifar100", root=tmp_path, normalize=False)
+    coarse = data.load("cifar100", root=tmp_path, label_mode="coarse")
+    assert (fine.num_classes, coarse.num_classes) == (100, 20)
+    np.testing.assert_array_equal(fine.y_train, written["train"][1]["fine_labels"])
+    np.testing.assert_array_equal(coarse.y_test, written["test"][1]["coarse_labels"])
+    np.testing.assert_allclose(fine.x_test, written["test"][0] / 255.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="label_mode"):
+        data.load("cifar100", root=tmp_path, label_mode="medium")
+
+
+def test_cifar_missing_says_where_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"https://www\.cs\.toronto\.edu/~kriz/cifar-10-python\.tar\.gz"):
+        data.load("cifar10", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        data.load("cifar100", root=tmp_path / "nowhere")
+
+
+def _write_imagenet(root, classes, per_class, fmt="JPEG"):
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    colours = {wnid: tuple(int(v) for v in g.integers(30, 225, size=3)) for wnid in classes}
+    for split, n in (("train", per_class), ("val", 2)):
+        for wnid in classes:
+            colour = colours[wnid]
+            folder = root / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                size = (int(g.integers(20, 60)), int(g.integers(20, 60)))  # varied aspect ratios
+                Image.new("RGB", size, colour).save(folder / f"{wnid}_{i}.{fmt}", quality=95)
+    return colours
+
+
+def test_imagenet_folder_layout(tmp_path):
+    classes = ["n01440764", "n01443537", "n02102040"]
+    colours = _write_imagenet(tmp_path, classes, per_class=3)
+    ds = data.load("imagenet", root=tmp_path, image_size=16, normalize=False)
+    assert ds.x_train.shape == (9, 16, 16, 3) and ds.x_test.shape == (6, 16, 16, 3) and ds.num_classes == 3
+    assert ds.info["classes"] == sorted(classes)
+    np.testing.assert_array_equal(ds.y_train, [0, 0, 0, 1, 1, 1, 2, 2, 2])
+    # each image is its class's solid colour (JPEG is lossy: a few levels of error)
+    for x, y in zip(ds.x_train, ds.y_train):
+        np.testing.assert_allclose(x, np.broadcast_to(np.array(colours[classes[y]]) / 255.0, x.shape), atol=6 / 255)
+    # normalized with ImageNet's mean and std
+    norm = data.load_imagenet(tmp_path, image_size=16)
+    np.testing.assert_allclose(norm.x_train, (ds.x_train - data.IMAGENET_MEAN) / data.IMAGENET_STD, rtol=1e-5)
+    # subsets
+    sub = data.load_imagenet(tmp_path, image_size=8, classes=["n02102040"], max_per_class=2)
+    assert sub.num_train == 2 and sub.num_classes == 1 and (sub.y_train == 0).all()
+
+
+def test_imagenet_resize_then_centre_crop(tmp_path):
+    """A 60x20 PNG with red, green and blue thirds: the shorter side goes to round(16 / 0.875) = 18 (54x18),
+    and the centre 16x16 crop (columns 19..34 of 54) lies inside the green third (18..35). Squashing the
+    whole image to 16x16 would show red and blue."""
+    from PIL import Image
+
+    image = np.zeros((20, 60, 3), dtype=np.uint8)
+    image[:, :20, 0] = image[:, 20:40, 1] = image[:, 40:, 2] = 255
+    for split in ("train", "val"):
+        (tmp_path / split / "n0").mkdir(parents=True)
+        Image.fromarray(image).save(tmp_path / split / "n0" / "a.png")
+    folder = data.ImageFolder(tmp_path, "train", image_size=16)
+    crop = folder.decode(0)
+    assert crop.shape == (16, 16, 3)
+    assert (crop[:, :, 1] == 255).all() and (crop[:, :, [0, 2]] == 0).all()
+
+
+def test_imagenet_folder_batches_deterministic(tmp_path):
+    _write_imagenet(tmp_path, ["a", "b"], per_class=5)
+    folder = data.ImageFolder(tmp_path, "train", image_size=8)
+    first = [y for _, y in folder.batches(batch_size=4, seed=3)]
+    assert len(first) == 2 and all(len(y) == 4 for y in first)
+    again = [y for _, y in folder.batches(batch_size=4, seed=3)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    order = data.epoch_order(10, seed=3, epoch=0)
+    np.testing.assert_array_equal(np.concatenate(first), folder.labels[order[:8]])
+
+
+def test_imagenet_missing_or_flat_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image-net.org"):
+        data.load("imagenet", root=tmp_path / "imagenet")
+    from PIL import Image
+
+    (tmp_path / "flat" / "val").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "val" / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(FileNotFoundError, match="sort them into class folders"):
+        data.ImageFolder(tmp_path / "flat", "val")
+    _write_imagenet(tmp_path / "ok", ["a"], per_class=1)
+    with pytest.raises(ValueError, match="not folders"):
+        data.ImageFolder(tmp_path / "ok", "train", classes=["zebra"])

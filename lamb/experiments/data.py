@@ -28,8 +28,11 @@ Offline classification sets
 
 Real loaders (the data must be on disk)
 =======================================
-``load("cifar10", root=...)``, ``load("cifar100", root=...)``, ``load("imagenet", root=..., image_size=...)``
-and :func:`load_wikitext` (Hugging Face ``datasets``, the optional extra ``lamb[data]``); see each function.
+``load("cifar10", root=...)``, ``load("cifar100", root=...)`` (the official pickled "python version"),
+``load("imagenet", root=..., image_size=...)`` and :class:`ImageFolder` (the standard ImageNet folder layout,
+decoded with Pillow), and WikiText in :mod:`lamb.experiments.text` (``load_wikitext_mlm``: the original
+``wiki.*.raw`` files, or Hugging Face ``datasets``, the optional extra ``lamb[data]``). Each raises
+``FileNotFoundError`` saying where to get the data when it is missing.
 
 Batches
 =======
@@ -55,13 +58,18 @@ import numpy as np
 
 __all__ = [
     "Dataset",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageFolder",
     "MNIST1D_NUM_SAMPLES",
     "batch_stream",
     "batches",
     "cache_dir",
     "epoch_order",
     "load",
+    "load_cifar",
     "load_digits",
+    "load_imagenet",
     "load_mnist1d",
     "mnist1d_num_samples",
     "num_batches",
@@ -305,17 +313,209 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Real image loaders (the data must be on disk)
+# ---------------------------------------------------------------------------------------------------------------
+
+_CIFAR = {
+    "cifar10": {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
+                "test": ["test_batch"], "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"},
+    "cifar100": {"folder": "cifar-100-python", "train": ["train"], "test": ["test"],
+                 "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"},
+}
+
+
+def _cifar_folder(name: str, root) -> Path:
+    spec = _CIFAR[name]
+    root = Path(root).expanduser()
+    for folder in (root / spec["folder"], root):
+        if all((folder / f).is_file() for f in spec["train"] + spec["test"]):
+            return folder
+    raise FileNotFoundError(
+        f"{name.upper()} is not under {root}: expected {spec['folder']}/ with "
+        f"{', '.join(spec['train'] + spec['test'])} (the 'python version' of the data set). Get it with\n"
+        f"    curl -O {spec['url']} && tar -xzf {spec['url'].rsplit('/', 1)[1]} -C {root}\n"
+        "(see https://www.cs.toronto.edu/~kriz/cifar.html).")
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    import pickle
+
+    # The official files are Python pickles (of dicts of bytes keys); pickle can run code, so only load
+    # files from the official source.
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    images = np.asarray(batch[b"data"], dtype=np.uint8)
+    if images.ndim != 2 or images.shape[1] != 3072:
+        raise ValueError(f"{path}: expected 'data' of shape (n, 3072), got {images.shape}")
+    # Each row is the red, green and blue 32x32 planes one after another, each plane row-major.
+    images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, np.asarray(batch[label_key], dtype=np.int32)
+
+
+def load_cifar(name: str = "cifar10", root=".", *, label_mode: str = "fine", normalize: bool = True) -> Dataset:
+    """CIFAR-10 or CIFAR-100 from the official 'python version' files under ``root`` (Krizhevsky 2009).
+
+    ``root`` is the folder that holds ``cifar-10-batches-py/`` (``data_batch_1`` .. ``data_batch_5``,
+    ``test_batch``) or ``cifar-100-python/`` (``train``, ``test``), or that folder itself. Images come back
+    NHWC float32 ``(n, 32, 32, 3)`` in [0, 1], standardized per channel with the training set's mean and
+    standard deviation when ``normalize``; labels int32. CIFAR-100 has ``label_mode="fine"`` (100 classes)
+    or ``"coarse"`` (20 superclasses).
+    """
+    if name not in _CIFAR:
+        raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
+    if label_mode not in ("fine", "coarse"):
+        raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
+    if name == "cifar10" and label_mode != "fine":
+        raise ValueError("label_mode='coarse' exists only for cifar100")
+    folder = _cifar_folder(name, root)
+    label_key = b"labels" if name == "cifar10" else f"{label_mode}_labels".encode()
+    splits = {}
+    for split in ("train", "test"):
+        parts = [_read_cifar_batch(folder / f, label_key) for f in _CIFAR[name][split]]
+        splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    x_train = splits["train"][0].astype(np.float32) / 255.0
+    x_test = splits["test"][0].astype(np.float32) / 255.0
+    if normalize:
+        mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
+        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    num_classes = 10 if name == "cifar10" else (100 if label_mode == "fine" else 20)
+    info = {"source": str(folder), "label_mode": label_mode, "normalize": normalize,
+            "citation": "Krizhevsky, Learning Multiple Layers of Features from Tiny Images (2009)"}
+    return Dataset(name, x_train, splits["train"][1], x_test, splits["test"][1], num_classes=num_classes, info=info)
+
+
+#: ImageNet's per-channel mean and standard deviation of RGB in [0, 1] (the torchvision convention).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+_IMAGENET_HELP = (
+    "ImageNet (ILSVRC-2012) must be downloaded by hand (registration: https://image-net.org/download.php, or "
+    "the Kaggle 'imagenet-object-localization-challenge') and arranged as ROOT/train/<wnid>/*.JPEG and "
+    "ROOT/val/<wnid>/*.JPEG; the validation images come in one flat folder and are sorted into <wnid> "
+    "folders by e.g. https://raw.githubusercontent.com/soumith/imagenetloader.torch/master/valprep.sh")
+
+
+class ImageFolder:
+    """Images in the ImageNet folder layout ``root/<split>/<class>/<image>``, decoded on demand.
+
+    Classes are the sorted sub-folder names of ``root/train`` (of ``root/<split>`` when there is no train
+    folder), numbered from 0 as torchvision's ``ImageFolder`` does, so train and val share one labelling.
+    Files are listed in sorted order. An image is decoded with PIL, converted to RGB, resized so that its
+    shorter side is ``round(image_size / crop_fraction)`` (bilinear), and centre-cropped to ``image_size``
+    square: the standard evaluation transform (256 then 224 at ``crop_fraction=0.875``). Arrays are NHWC
+    float32, standardized with :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD` when ``normalize``.
+    """
+
+    def __init__(self, root, split: str = "train", *, image_size: int = 64, crop_fraction: float = 0.875,
+                 classes=None, max_per_class: int | None = None, normalize: bool = True):
+        self.root = Path(root).expanduser()
+        self.split = split
+        self.image_size = _check_int("image_size", image_size, 1)
+        if not 0.0 < float(crop_fraction) <= 1.0:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction!r}")
+        self.crop_fraction = float(crop_fraction)
+        self.normalize = normalize
+        folder = self.root / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no folder {folder}. {_IMAGENET_HELP}")
+        label_root = self.root / "train" if (self.root / "train").is_dir() else folder
+        all_classes = sorted(d.name for d in label_root.iterdir() if d.is_dir())
+        if not all_classes:
+            loose = [f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES]
+            hint = " (it holds images directly: sort them into class folders)" if loose else ""
+            raise FileNotFoundError(f"{label_root} has no class folders{hint}. {_IMAGENET_HELP}")
+        if classes is None:
+            classes = all_classes
+        else:
+            classes = list(classes)
+            unknown = sorted(set(classes) - set(all_classes))
+            if unknown:
+                raise ValueError(f"classes {unknown[:5]} are not folders of {label_root}")
+        self.classes = list(classes)
+        self.class_to_index = {c: i for i, c in enumerate(self.classes)}
+        if max_per_class is not None:
+            max_per_class = _check_int("max_per_class", max_per_class, 1)
+        files, labels = [], []
+        for c in self.classes:
+            d = folder / c
+            found = sorted(f for f in d.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES) if d.is_dir() else []
+            found = found[:max_per_class] if max_per_class is not None else found
+            files += found
+            labels += [self.class_to_index[c]] * len(found)
+        if not files:
+            raise FileNotFoundError(f"no images (.JPEG, .jpg, .png) in the class folders of {folder}. "
+                                    f"{_IMAGENET_HELP}")
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int32)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def decode(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 ``(image_size, image_size, 3)`` after resize and centre crop."""
+        from PIL import Image
+
+        size = self.image_size
+        with Image.open(self.files[index]) as image:
+            image = image.convert("RGB")
+            w, h = image.size
+            short = max(size, int(round(size / self.crop_fraction)))
+            scale = short / min(w, h)
+            new_w, new_h = max(short, int(round(w * scale))), max(short, int(round(h * scale)))
+            image = image.resize((new_w, new_h), Image.BILINEAR)
+            left, top = (new_w - size) // 2, (new_h - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+            return np.asarray(image, dtype=np.uint8)
+
+    def images(self, indices) -> np.ndarray:
+        """Decoded float32 NHWC images of ``indices``, in [0, 1] or standardized."""
+        x = np.stack([self.decode(int(i)) for i in indices]).astype(np.float32) / 255.0
+        return (x - IMAGENET_MEAN) / IMAGENET_STD if self.normalize else x
+
+    def batches(self, batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+                drop_remainder: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch of ``(images, labels)``, decoded batch by batch, in the order of :func:`batches`."""
+        for (idx,) in batches(np.arange(len(self)), batch_size=batch_size, seed=seed, epoch=epoch,
+                              shuffle=shuffle, drop_remainder=drop_remainder):
+            yield self.images(idx), self.labels[idx]
+
+
+def load_imagenet(root, *, image_size: int = 64, classes=None, max_per_class: int | None = None,
+                  train_split: str = "train", test_split: str = "val", normalize: bool = True) -> Dataset:
+    """ImageNet (or any data set in its folder layout) decoded into memory as a :class:`Dataset`.
+
+    Meant for subsets (``classes``, ``max_per_class``) and small ``image_size``: the whole training set at
+    64x64 is 15 GB as uint8. For the full set, iterate :class:`ImageFolder` ``.batches`` instead.
+    """
+    train = ImageFolder(root, train_split, image_size=image_size, classes=classes, max_per_class=max_per_class,
+                        normalize=normalize)
+    test = ImageFolder(root, test_split, image_size=image_size, classes=train.classes, max_per_class=max_per_class,
+                       normalize=normalize)
+    info = {"source": str(Path(root).expanduser()), "classes": train.classes, "image_size": image_size,
+            "max_per_class": max_per_class,
+            "citation": "Russakovsky et al., ImageNet Large Scale Visual Recognition Challenge, IJCV 2015"}
+    return Dataset("imagenet", train.images(range(len(train))), train.labels, test.images(range(len(test))),
+                   test.labels, num_classes=train.num_classes, info=info)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Dispatch
 # ---------------------------------------------------------------------------------------------------------------
 
-_LOADERS = {"mnist1d": load_mnist1d, "digits": load_digits}
+_LOADERS = {"mnist1d": load_mnist1d, "digits": load_digits, "imagenet": load_imagenet,
+            "cifar10": lambda **kw: load_cifar("cifar10", **kw), "cifar100": lambda **kw: load_cifar("cifar100", **kw)}
 
 
 def load(name: str, **kwargs) -> Dataset:
     """Load the classification dataset ``name`` with its loader's keyword arguments.
 
-    ``"mnist1d"`` (:func:`load_mnist1d`), ``"digits"`` (:func:`load_digits`); for the real loaders see the
-    module docstring.
+    ``"mnist1d"`` (:func:`load_mnist1d`), ``"digits"`` (:func:`load_digits`), and the real loaders
+    ``"cifar10"``, ``"cifar100"`` (:func:`load_cifar`, ``root=``) and ``"imagenet"`` (:func:`load_imagenet`,
+    ``root=``), which read data the user downloaded and raise ``FileNotFoundError`` saying how to get it.
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(_LOADERS))}")
