@@ -13,8 +13,17 @@ between variants exceed the differences between seeds::
 
 ``train(transformation, seed)`` trains one run and returns its history: a mapping from metric names to 1-D
 arrays over evaluation points, with a ``"step"`` entry giving the step of each point.
-:func:`image_task_trainer` builds such a function for the book's image task (an MLP on MNIST-1D, through
-:mod:`lamb.experiments`'s data, models and training loop).
+:class:`ImageTask` is the book's image task (an MLP on MNIST-1D, data from :mod:`lamb.experiments.data`):
+``task.train`` is such a function, and ``task.train_seeds`` trains all seeds of one configuration at once
+(``jax.vmap`` over seeds, ``jax.lax.scan`` over steps: one compiled program per configuration, which is what
+makes configurations x seeds affordable on two CPU cores); :func:`run_vectorized` uses it::
+
+    task = ImageTask.mnist1d(num_samples=20000, hidden=(256, 256), steps=600, batch_size=1024, eval_every=50)
+    result = ablation.run_vectorized({"L1": lj.lamb(0.02, norm="l1"), "L2": lj.lamb(0.02)}, [0, 1, 2],
+                                     task.train_seeds)
+
+The training loop here is deliberately small (no checkpoints, no sharding, no progress bar): ablations are
+many short runs, where a vectorized loop pays; long single runs belong to the harness's training loop.
 """
 
 from __future__ import annotations
