@@ -1,0 +1,127 @@
+"""Jitted optimizer step time on BERT-base parameter shapes: lamb.jax.lamb against optax.lamb and optax.adamw.
+
+Not a test: it prints one table of medians measured in one run, in milliseconds and as ratios to
+``optax.lamb`` and ``optax.adamw`` from the same run. BERT-base: 199 arrays, 109.5M float32 parameters
+(embeddings, 12 encoder layers, pooler), the shapes of ``benchmarks/step_time.py``. Each step is
+``updates, state = tx.update(grads, state, params); params = optax.apply_updates(params, updates)`` under
+``jax.jit`` with the parameters and the optimizer state donated (updated in place, as in training); the
+gradients are fixed random data, so only the optimizer is timed. Rounds are interleaved (every optimizer once
+per round) so that a noisy shared machine slows all of them alike.
+
+    .venv/bin/python benchmarks/step_time_jax.py                        # all optimizers, 12 layers
+    .venv/bin/python benchmarks/step_time_jax.py --layers 2 --rounds 3  # a quick smoke run
+    .venv/bin/python benchmarks/step_time_jax.py --only optax lamb      # names starting with these
+
+Targets: ``lj.lamb`` with default options at most 1.05x ``optax.lamb``; the Nesterov and L1/L-infinity
+variants at most 1.15x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lamb import jax as lj  # noqa: E402
+
+
+def bert_base_shapes(layers: int = 12, vocab: int = 30522, hidden: int = 768, intermediate: int = 3072,
+                     positions: int = 512) -> list[tuple[int, ...]]:
+    """Parameter shapes of BERT-base (Devlin et al. 2019) in the order of Hugging Face's BertModel
+    (the same list as ``benchmarks/step_time.py``)."""
+    shapes = [(vocab, hidden), (positions, hidden), (2, hidden), (hidden,), (hidden,)]
+    for _ in range(layers):
+        for _ in range(3):                                      # query, key, value
+            shapes += [(hidden, hidden), (hidden,)]
+        shapes += [(hidden, hidden), (hidden,), (hidden,), (hidden,)]              # attention output, LayerNorm
+        shapes += [(intermediate, hidden), (intermediate,)]                        # intermediate
+        shapes += [(hidden, intermediate), (hidden,), (hidden,), (hidden,)]        # output, LayerNorm
+    shapes += [(hidden, hidden), (hidden,)]                     # pooler
+    return shapes
+
+
+def candidates(lr: float = 1e-3, weight_decay: float = 0.01):
+    """(name, transformation) pairs; the LAMBs share eps = 1e-6 and the weight decay."""
+    return [
+        ("optax.adamw", optax.adamw(lr, eps=1e-6, weight_decay=weight_decay)),
+        ("optax.lamb", optax.lamb(lr, eps=1e-6, weight_decay=weight_decay)),
+        ("lj.lamb (defaults)", lj.lamb(lr, weight_decay=weight_decay)),
+        ("lj.lamb nesterov='n'", lj.lamb(lr, weight_decay=weight_decay, nesterov="n")),
+        ("lj.lamb nesterov='nn'", lj.lamb(lr, weight_decay=weight_decay, nesterov="nn")),
+        ("lj.lamb norm='l1'", lj.lamb(lr, weight_decay=weight_decay, norm="l1")),
+        ("lj.lamb norm='linf'", lj.lamb(lr, weight_decay=weight_decay, norm="linf")),
+        ("lj.lamb bias_correction=False", lj.lamb(lr, weight_decay=weight_decay, bias_correction=False)),
+        ("lj.lars", lj.lars(lr, momentum=0.9, weight_decay=weight_decay)),
+    ]
+
+
+def make_step(tx):
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=12, help="encoder layers (BERT-base: 12)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps per optimizer (interleaved)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per optimizer after compiling")
+    parser.add_argument("--only", nargs="*", default=None, help="run the optimizers whose names start so")
+    args = parser.parse_args(argv)
+
+    shapes = bert_base_shapes(args.layers)
+    n_params = sum(int(np.prod(s)) for s in shapes)
+    rng = np.random.default_rng(0)
+    params0 = [rng.standard_normal(s, dtype=np.float32) * 0.02 for s in shapes]
+    grads = [jnp.asarray(rng.standard_normal(s, dtype=np.float32) * 1e-3) for s in shapes]
+    chosen = [(n, tx) for n, tx in candidates()
+              if args.only is None or any(n.startswith(prefix) for prefix in args.only)]
+    if not chosen:
+        raise SystemExit(f"--only {args.only} matches none of {[n for n, _ in candidates()]}")
+
+    print(f"jax {jax.__version__}, optax {optax.__version__}, device {jax.devices()[0].device_kind} "
+          f"({jax.default_backend()}), {len(shapes)} arrays, {n_params / 1e6:.1f}M float32 parameters")
+    runs = {}
+    for name, tx in chosen:
+        params = [jnp.asarray(p) for p in params0]
+        state = tx.init(params)
+        step = make_step(tx)
+        t0 = time.perf_counter()
+        params, state = step(params, state, grads)
+        jax.block_until_ready(params)
+        compile_s = time.perf_counter() - t0
+        for _ in range(args.warmup):
+            params, state = step(params, state, grads)
+        jax.block_until_ready(params)
+        runs[name] = dict(step=step, params=params, state=state, times=[], compile_s=compile_s)
+
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run["params"], run["state"] = run["step"](run["params"], run["state"], grads)
+            jax.block_until_ready(run["params"])
+            run["times"].append(time.perf_counter() - t0)
+
+    medians = {name: statistics.median(run["times"]) for name, run in runs.items()}
+    base_lamb, base_adamw = medians.get("optax.lamb"), medians.get("optax.adamw")
+    print(f"\nmedian of {args.rounds} interleaved steps after {args.warmup} warm-up steps (compile excluded)\n")
+    print(f"| {'optimizer':<30} | {'ms/step':>8} | {'x optax.lamb':>12} | {'x optax.adamw':>13} | {'compile s':>9} |")
+    print(f"|{'-' * 32}|{'-' * 10}:|{'-' * 13}:|{'-' * 14}:|{'-' * 10}:|")
+    for name, m in medians.items():
+        lamb_ratio = f"{m / base_lamb:.3f}" if base_lamb else "-"
+        adamw_ratio = f"{m / base_adamw:.3f}" if base_adamw else "-"
+        print(f"| {name:<30} | {m * 1e3:8.1f} | {lamb_ratio:>12} | {adamw_ratio:>13} | "
+              f"{runs[name]['compile_s']:9.1f} |")
+
+
+if __name__ == "__main__":
+    main()
