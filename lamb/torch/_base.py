@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _foreach_supported_types
 
-from ..reference import check_nesterov, check_norm, check_trust_clip
+from ..reference import check_norm, check_trust_clip
 from ._functional import _compute_dtype
 
 

@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
 from ._base import LayerwiseOptimizer, check_beta, check_nonnegative, state_dtype
-from ._functional import NESTEROV_VARIANTS, lamb
+from ._functional import lamb
 from ..reference import check_nesterov
 
 __all__ = ["Lamb"]
