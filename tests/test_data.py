@@ -184,11 +184,16 @@ def test_same_batches_in_a_fresh_process_with_another_hash_seed(tmp_path):
         "for xb, yb in data.batches(ds.x_train, ds.y_train, batch_size=16, seed=1, epoch=2):\n"
         "    h.update(xb.tobytes()); h.update(yb.tobytes())\n"
         "print(h.hexdigest())\n")
-    outputs = []
+    procs = []
     for hash_seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed, LAMB_DATA_DIR=str(tmp_path / hash_seed))
-        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        outputs.append(run.stdout.strip())
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        outputs.append(out.strip())
     assert outputs[0] == outputs[1] and len(outputs[0]) == 64
 
 

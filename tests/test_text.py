@@ -135,18 +135,20 @@ def test_pack_sequences_by_hand():
 
 
 def _fingerprint_script():
+    # The corpus code path (sorted files, source-ordered docstrings) on one stdlib package, to keep it quick.
     return (
-        "import hashlib, numpy as np\n"
+        "import hashlib, sysconfig, numpy as np\n"
+        "from pathlib import Path\n"
         "from lamb.experiments import text\n"
-        "docs = text.corpus(cache=False)\n"
+        "docs = text._docstrings(Path(sysconfig.get_paths()['stdlib']) / 'email', 'stdlib')\n"
         "h = hashlib.sha256(repr(docs).encode())\n"
-        "tok = text.build_tokenizer([t for _, t in docs[:1500]], vocab_size=1500, cache=False)\n"
+        "tok = text.build_tokenizer([t for _, t in docs], vocab_size=1200, cache=False)\n"
         "h.update(tok.to_str().encode())\n"
-        "ids = text.pack_sequences([np.asarray(e.ids) for e in tok.encode_batch([t for _, t in docs[:300]],"
+        "ids = text.pack_sequences([np.asarray(e.ids) for e in tok.encode_batch([t for _, t in docs],"
         " add_special_tokens=False)], 32)\n"
-        "for b in text.mlm_batches(ids, batch_size=64, vocab_size=1500, seed=3, epoch=1):\n"
+        "for b in text.mlm_batches(ids, batch_size=64, vocab_size=1200, seed=3, epoch=1):\n"
         "    for v in b.values(): h.update(v.tobytes())\n"
-        "print(h.hexdigest())\n")
+        "print(len(docs), tok.get_vocab_size(), h.hexdigest())\n")
 
 
 def test_corpus_tokenizer_and_batches_identical_across_processes(tmp_path):
@@ -162,7 +164,9 @@ def test_corpus_tokenizer_and_batches_identical_across_processes(tmp_path):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         outputs.append(out.strip())
-    assert outputs[0] == outputs[1] and len(outputs[0]) == 64
+    assert outputs[0] == outputs[1]
+    num_docs, vocab_size, digest = outputs[0].split()
+    assert int(num_docs) > 50 and int(vocab_size) == 1200 and len(digest) == 64
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -338,3 +342,83 @@ def test_two_phase_steps():
     with pytest.raises(ValueError, match="long_fraction"):
         text.two_phase_steps(10, long_fraction=1.5)
     assert all(b == 4 * a for a, b in text.MLM_SEQ_LENS.values())  # the paper's 128:512 ratio
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# WikiText on local fixtures in its two real formats
+# ----------------------------------------------------------------------------------------------------------------
+
+def _wikitext_rows(seed, articles=6):
+    """Rows as in WikiText-103-raw (one line per row, headings ' = Title = ', sections ' = = S = = ',
+    blank rows between paragraphs), with English sentences."""
+    g = np.random.default_rng(seed)
+    sentences = ["The river flows through the old town and into the sea .",
+                 "In 1887 the company built a railway station near the harbour .",
+                 "The album was released in the United States and reached number five on the chart .",
+                 "Critics praised the game for its story , music and characters .",
+                 "The species lives in forests and feeds on insects and small fruits .",
+                 "After the war , the city was rebuilt with a new cathedral and a museum ."]
+    rows = []
+    for a in range(articles):
+        rows += ["", f" = Article {seed} {a} = \n", ""]
+        for section in range(2):
+            rows += [f" = = Section {section} = = \n", ""]
+            rows.append(" " + " ".join(g.choice(sentences, size=4)) + " \n")
+            rows.append("")
+    return rows
+
+
+def test_wikitext_articles_split_at_titles():
+    rows = _wikitext_rows(0, articles=3)
+    articles = text.wikitext_articles(rows)
+    assert len(articles) == 3
+    assert all(a.startswith(f"= Article 0 {i} =") for i, a in enumerate(articles))
+    assert all(a.count("= = Section") == 2 for a in articles)  # sections stay inside their article
+
+
+def test_wikitext_from_original_raw_files(tmp_path, cache):
+    root = tmp_path / "wikitext-103-raw"
+    root.mkdir()
+    (root / "wiki.train.raw").write_text("".join(r if r else " \n" for r in _wikitext_rows(1, 40)), "utf-8")
+    (root / "wiki.valid.raw").write_text("".join(r if r else " \n" for r in _wikitext_rows(2, 5)), "utf-8")
+    ds = text.load_wikitext_mlm(seq_len=32, vocab_size=300, root=root)
+    assert ds.info["documents"] == {"train": 40, "validation": 5}
+    assert ds.train.shape[1] == 32 and len(ds.train) > 10 and len(ds.validation) > 0
+    tokens = ds.tokenizer.encode("the river flows through the old town", add_special_tokens=False).tokens
+    assert tokens == ["the", "river", "flows", "through", "the", "old", "town"]  # frequent words are whole
+    batch = next(ds.batches(batch_size=8, seed=0))
+    assert batch["input_ids"].shape == (8, 32)
+    with pytest.raises(FileNotFoundError, match="huggingface.co/datasets/Salesforce/wikitext"):
+        text.load_wikitext_mlm(root=tmp_path / "missing")
+
+
+def test_wikitext_without_datasets_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
+    with pytest.raises(ImportError, match=r'pip install "lamb\[data\]"'):
+        text.wikitext_lines("train")
+
+
+def test_wikitext_from_parquet_with_hf_datasets_offline(tmp_path, monkeypatch, cache):
+    """The Hugging Face layout (parquet files with a 'text' column) read by datasets, offline; it gives the
+    same sequences as the same lines in the original raw-file format."""
+    pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    folder = tmp_path / "wikitext-103-raw-v1"
+    folder.mkdir()
+    files = {}
+    for split, seed, n in (("train", 1, 40), ("validation", 2, 5)):
+        files[split] = folder / f"{split}-00000-of-00001.parquet"
+        pq.write_table(pa.table({"text": _wikitext_rows(seed, n)}), files[split])
+    from_parquet = text.load_wikitext_mlm(seq_len=32, vocab_size=300, data_files=files,
+                                          hf_cache_dir=tmp_path / "hf-cache")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "wiki.train.raw").write_text("".join(_wikitext_rows(1, 40)), "utf-8")
+    (raw / "wiki.valid.raw").write_text("".join(_wikitext_rows(2, 5)), "utf-8")
+    from_raw = text.load_wikitext_mlm(seq_len=32, vocab_size=300, root=raw)
+    np.testing.assert_array_equal(from_parquet.train, from_raw.train)
+    np.testing.assert_array_equal(from_parquet.validation, from_raw.validation)

@@ -44,6 +44,10 @@ is replaced by ``[MASK]`` with probability 0.8, by a random token with probabili
 probability 0.1; the model is trained to predict the original token at the chosen positions only. Masks are
 drawn afresh each epoch (dynamic masking) from ``rng(seed, epoch, batch)``, so runs are reproducible.
 
+For users who are online (or have the files), :func:`load_wikitext_mlm` makes the same kind of data from
+WikiText-103 (Merity et al. 2016), Wikipedia articles as in BERT's corpus, through Hugging Face ``datasets``
+(the optional extra ``lamb[data]``) or from the original ``wiki.*.raw`` files.
+
 The paper's two phases (90% of training at sequence length 128, the last 10% at 512) are scaled down per
 profile by :data:`MLM_SEQ_LENS` and split by :func:`two_phase_steps`.
 """
@@ -76,11 +80,15 @@ __all__ = [
     "train_wordpiece_vocab",
     "corpus",
     "load_mlm",
+    "load_wikitext_mlm",
     "mask_tokens",
     "mlm_batches",
+    "mlm_from_texts",
     "mlm_stream",
     "pack_sequences",
     "two_phase_steps",
+    "wikitext_articles",
+    "wikitext_lines",
 ]
 
 #: BERT's special tokens, in id order: ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``.
@@ -431,16 +439,36 @@ def load_mlm(seq_len: int = 128, vocab_size: int = 8192, *, packages: Sequence[s
     The same tokenizer serves every ``seq_len``, so the two phases of BERT's recipe (``MLM_SEQ_LENS``) share
     one vocabulary and one model.
     """
-    seq_len = _check_int("seq_len", seq_len, 3)
     if not 0.0 < float(validation_fraction) < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
     documents = corpus(packages, cache=cache)
     is_val = [_is_validation(name, validation_fraction) for name, _ in documents]
     train_texts = [t for (_, t), v in zip(documents, is_val) if not v]
     val_texts = [t for (_, t), v in zip(documents, is_val) if v]
-    tokenizer = build_tokenizer(train_texts, vocab_size, cache=cache)
+    info = {"source": "pydoc_data.topics and docstrings of the Python standard library"
+                      + (f" and of {', '.join(packages)}" if packages else ""),
+            "python": sys.version.split()[0],
+            "packages": {p: _package_version(p if p != "sklearn" else "scikit-learn") for p in packages}}
+    return mlm_from_texts(train_texts, val_texts, seq_len, vocab_size, pack=pack, cache=cache, info=info)
 
-    ids_key = {"train": _texts_digest(train_texts), "validation": _texts_digest(val_texts),
+
+def mlm_from_texts(train_texts: Sequence[str], validation_texts: Sequence[str], seq_len: int = 128,
+                   vocab_size: int = 8192, *, tokenizer=None, pack: bool = True, cache: bool = True,
+                   info: dict | None = None) -> MLMData:
+    """MLM sequences from any documents: a WordPiece tokenizer trained on ``train_texts`` (unless one is
+    given), the token ids of both splits (cached), and ``[CLS] ... [SEP]`` sequences of ``seq_len`` tokens."""
+    seq_len = _check_int("seq_len", seq_len, 3)
+    train_texts, validation_texts = list(train_texts), list(validation_texts)
+    if not train_texts:
+        raise ValueError("train_texts is empty")
+    if tokenizer is None:
+        tokenizer = build_tokenizer(train_texts, vocab_size, cache=cache)
+    else:
+        for i, token in enumerate(SPECIAL_TOKENS):
+            if tokenizer.token_to_id(token) != i:
+                raise ValueError(f"tokenizer must give {token} the id {i} (SPECIAL_TOKENS order), got "
+                                 f"{tokenizer.token_to_id(token)}")
+    ids_key = {"train": _texts_digest(train_texts), "validation": _texts_digest(validation_texts),
                "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(), "format": 1}
     path = cache_dir() / (_cache_key("mlm-ids", ids_key) + ".npz")
     arrays = None
@@ -452,7 +480,7 @@ def load_mlm(seq_len: int = 128, vocab_size: int = 8192, *, packages: Sequence[s
             arrays = None
     if arrays is None:
         arrays = {}
-        for split, texts in (("train", train_texts), ("validation", val_texts)):
+        for split, texts in (("train", train_texts), ("validation", validation_texts)):
             docs = _encode(tokenizer, texts)
             arrays[f"{split}_ids"] = np.concatenate(docs) if docs else np.zeros(0, np.int32)
             arrays[f"{split}_lengths"] = np.asarray([len(d) for d in docs], dtype=np.int64)
@@ -464,15 +492,113 @@ def load_mlm(seq_len: int = 128, vocab_size: int = 8192, *, packages: Sequence[s
 
     train = pack_sequences(documents_of("train"), seq_len, pack)
     validation = pack_sequences(documents_of("validation"), seq_len, pack)
-    info = {"source": "pydoc_data.topics and docstrings of the Python standard library"
-                      + (f" and of {', '.join(packages)}" if packages else ""),
-            "python": sys.version.split()[0], "packages": {p: _package_version(p if p != "sklearn" else "scikit-learn")
-                                                           for p in packages},
-            "documents": {"train": len(train_texts), "validation": len(val_texts)},
-            "characters": {"train": sum(map(len, train_texts)), "validation": sum(map(len, val_texts))},
-            "tokens": {"train": int(arrays["train_lengths"].sum()), "validation": int(arrays["validation_lengths"].sum())},
-            "vocab_size": tokenizer.get_vocab_size(), "pack": pack}
+    info = dict(info or {})
+    info.update({"documents": {"train": len(train_texts), "validation": len(validation_texts)},
+                 "characters": {"train": sum(map(len, train_texts)), "validation": sum(map(len, validation_texts))},
+                 "tokens": {"train": int(arrays["train_lengths"].sum()),
+                            "validation": int(arrays["validation_lengths"].sum())},
+                 "vocab_size": tokenizer.get_vocab_size(), "pack": pack})
     return MLMData(seq_len, train, validation, tokenizer, info)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# WikiText (the data must be on disk or reachable by Hugging Face datasets)
+# ---------------------------------------------------------------------------------------------------------------
+
+WIKITEXT_CONFIGS = ("wikitext-103-raw-v1", "wikitext-2-raw-v1", "wikitext-103-v1", "wikitext-2-v1")
+_WIKITEXT_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
+# An article starts with a level-1 heading line " = Title = " (level 2 is " = = Section = = ").
+_WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+_WIKITEXT_HELP = (
+    "WikiText (Merity et al. 2016) is at https://huggingface.co/datasets/Salesforce/wikitext. Either install "
+    "the optional extra (pip install \"lamb[data]\") and call load_wikitext_mlm() online, or download the "
+    "parquet files of a config (e.g. wikitext-103-raw-v1/train-*.parquet, validation-*.parquet) and pass "
+    "data_files={'train': [...], 'validation': [...]}, or unpack the original zip with wiki.train.raw, "
+    "wiki.valid.raw, wiki.test.raw and pass root=<that folder>.")
+
+
+def wikitext_articles(lines: Sequence[str]) -> list[str]:
+    """Join WikiText's lines into articles: a new article starts at each level-1 heading ``" = Title = "``
+    (section headings ``" = = ... = = "`` stay inside); empty lines are dropped."""
+    articles, current = [], []
+    for line in lines:
+        if _WIKITEXT_TITLE.match(line.rstrip("\n")) and current:
+            articles.append("".join(current).strip())
+            current = []
+        if line.strip():
+            current.append(line if line.endswith("\n") else line + "\n")
+    if current:
+        articles.append("".join(current).strip())
+    return [a for a in articles if a]
+
+
+def _hf_datasets():
+    try:
+        import datasets
+    except ImportError as error:
+        raise ImportError('WikiText through Hugging Face needs the datasets package: pip install "lamb[data]" '
+                          f"(or pass root= with the original wiki.*.raw files). {_WIKITEXT_HELP}") from error
+    return datasets
+
+
+def wikitext_lines(split: str = "train", *, root=None, data_files=None, config: str = "wikitext-103-raw-v1",
+                   hf_cache_dir=None) -> list[str]:
+    """The text lines of one WikiText split, from the first of these that is given:
+
+    * ``root``: a folder with the original files ``wiki.{train,valid,test}.raw`` (or ``.tokens``), read
+      directly (no extra package needed);
+    * ``data_files``: local parquet files in the Hugging Face layout (a column ``text``), a mapping from
+      split to file(s), read with ``datasets.load_dataset("parquet", ...)``;
+    * otherwise ``datasets.load_dataset("Salesforce/wikitext", config)``, which downloads unless the
+      data set is in the Hugging Face cache (set ``HF_DATASETS_OFFLINE=1`` to forbid the network).
+    """
+    if split not in _WIKITEXT_SPLITS:
+        raise ValueError(f"split must be one of {sorted(_WIKITEXT_SPLITS)}, got {split!r}")
+    if root is not None:
+        folder = Path(root).expanduser()
+        for suffix in ("raw", "tokens"):
+            path = folder / f"wiki.{_WIKITEXT_SPLITS[split]}.{suffix}"
+            if path.is_file():
+                return path.read_text(encoding="utf-8").splitlines(keepends=True)
+        raise FileNotFoundError(f"no wiki.{_WIKITEXT_SPLITS[split]}.raw in {folder}. {_WIKITEXT_HELP}")
+    datasets = _hf_datasets()
+    if data_files is not None:
+        if not isinstance(data_files, dict) or split not in data_files:
+            raise ValueError(f"data_files must map split names to files and contain {split!r}, got {data_files!r}")
+        files = [data_files[split]] if isinstance(data_files[split], (str, os.PathLike)) else data_files[split]
+        missing = [str(f) for f in files if not Path(f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"WikiText files not found: {missing}. {_WIKITEXT_HELP}")
+        table = datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]}, split=split,
+                                      cache_dir=hf_cache_dir)
+    else:
+        if config not in WIKITEXT_CONFIGS:
+            raise ValueError(f"config must be one of {WIKITEXT_CONFIGS}, got {config!r}")
+        table = datasets.load_dataset("Salesforce/wikitext", config, split=split, cache_dir=hf_cache_dir)
+    if "text" not in table.column_names:
+        raise ValueError(f"WikiText data must have a 'text' column, got columns {table.column_names}")
+    return list(table["text"])
+
+
+def load_wikitext_mlm(seq_len: int = 128, vocab_size: int = 30522, *, root=None, data_files=None,
+                      config: str = "wikitext-103-raw-v1", max_articles: int | None = None, pack: bool = True,
+                      cache: bool = True, hf_cache_dir=None) -> MLMData:
+    """WikiText as :class:`MLMData`: articles of the train and validation splits (:func:`wikitext_lines`,
+    :func:`wikitext_articles`), a WordPiece tokenizer trained on the training articles (BERT's vocabulary
+    size, 30 522, by default), sequences of ``seq_len`` tokens. ``max_articles`` keeps the first articles of
+    each split (for quick runs)."""
+    source = {"root": root, "data_files": data_files, "config": config, "hf_cache_dir": hf_cache_dir}
+    splits = {}
+    for split in ("train", "validation"):
+        articles = wikitext_articles(wikitext_lines(split, **source))
+        if max_articles is not None:
+            articles = articles[:_check_int("max_articles", max_articles, 1)]
+        splits[split] = articles
+    info = {"source": "WikiText (Merity et al., Pointer Sentinel Mixture Models, 2016)",
+            "root": None if root is None else str(root), "data_files": data_files,
+            "config": None if root is not None or data_files is not None else config}
+    return mlm_from_texts(splits["train"], splits["validation"], seq_len, vocab_size, pack=pack, cache=cache,
+                          info=info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
