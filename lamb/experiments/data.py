@@ -11,15 +11,19 @@ Offline classification sets
     ``get_dataset`` would download a pickle; we never call it). Each example is one of ten 1-D digit
     templates, padded, dilated, scaled, translated, sheared, with correlated and i.i.d. noise, and resampled
     to 40 points. It is a recognised small benchmark built to *separate* architectures and optimizers the way
-    MNIST no longer does (a linear model reaches ~32%, an MLP ~68%, a CNN ~94% on the standard 5 000-example
-    set), while a whole training run costs seconds to minutes on a CPU. Because it is a generator, it can be
+    MNIST no longer does (the package's README reports logistic regression 32%, an MLP 68%, a CNN 94% test
+    accuracy on the standard 5 000-example set), while a whole training run costs seconds to minutes on a
+    CPU. Because it is a generator, it can be
     made as large as a large-batch study needs: the paper's question is what happens at batch sizes of
     thousands, and a batch of 8 192 needs a training set of tens of thousands of examples before an epoch
     means anything. :data:`MNIST1D_NUM_SAMPLES` gives the size per profile. Generation is deterministic
     given the seed (the package draws from NumPy's legacy ``MT19937`` global generator, which NumPy keeps
     stream-compatible across versions and platforms; we save and restore that global state so that loading
     data never disturbs the caller's random numbers) and is cached as ``.npz`` under :func:`cache_dir`,
-    keyed by every generation argument and the package version.
+    keyed by every generation argument and the package version. The generator is a Python loop over
+    examples, about 0.13 ms each on one core: measured on this project's 2-core machine, 5 000 examples in
+    1.3 s and 70 000 in 9 s (an 11 MB cache file); 400 000 (64 MB) take about a minute on an idle core.
+    A cached load takes milliseconds.
 
 ``load("digits")``
     scikit-learn's bundled 8x8 handwritten digits (1 797 images, the UCI optical-recognition test set),

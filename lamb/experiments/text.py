@@ -84,6 +84,7 @@ __all__ = [
     "mask_tokens",
     "mlm_batches",
     "mlm_from_texts",
+    "mlm_seq_lens",
     "mlm_stream",
     "pack_sequences",
     "two_phase_steps",
@@ -713,6 +714,14 @@ def mlm_stream(sequences: np.ndarray, *, batch_size: int, vocab_size: int, seed:
         epoch, b = divmod(step, per_epoch)
         yield _masked_batch(batch, rng(seed, epoch, b), vocab_size, mask_kwargs)
         step += 1
+
+
+def mlm_seq_lens(profile: str | None = None) -> tuple[int, int]:
+    """The (short, long) sequence lengths of :data:`MLM_SEQ_LENS` for ``profile`` (default: the current)."""
+    from lamb import profiles
+
+    profile = profiles.current_profile() if profile is None else profiles.check_profile(profile)
+    return MLM_SEQ_LENS[profile]
 
 
 def two_phase_steps(total_steps: int, long_fraction: float = 0.1) -> tuple[int, int]:
