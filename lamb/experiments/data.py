@@ -21,9 +21,9 @@ Offline classification sets
     stream-compatible across versions and platforms; we save and restore that global state so that loading
     data never disturbs the caller's random numbers) and is cached as ``.npz`` under :func:`cache_dir`,
     keyed by every generation argument and the package version. The generator is a Python loop over
-    examples, about 0.13 ms each on one core: measured on this project's 2-core machine, 5 000 examples in
-    1.3 s and 70 000 in 9 s (an 11 MB cache file); 400 000 (64 MB) take about a minute on an idle core.
-    A cached load takes milliseconds.
+    examples, about 0.15 ms of CPU time each (measured on this project's 2-core machine: 5 000 examples in
+    1.3 s, 70 000 in 9-12 s of CPU time with an 11 MB cache file, 400 000 with a 66 MB cache file in about
+    70 s of CPU time). It runs once per seed and size; a cached load takes milliseconds.
 
 ``load("digits")``
     scikit-learn's bundled 8x8 handwritten digits (1 797 images, the UCI optical-recognition test set),
