@@ -175,6 +175,8 @@ def rng(*seed: int) -> np.random.Generator:
     ``rng(seed, epoch)`` and ``rng(seed, epoch + 1)`` are independent streams (SeedSequence mixes the whole
     entropy tuple), unlike ``seed + epoch`` schemes where seed 0 epoch 1 collides with seed 1 epoch 0.
     """
+    if not seed:
+        raise TypeError("rng needs at least one seed, e.g. rng(0)")
     for s in seed:
         if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 0:
             raise ValueError(f"seed must be non-negative integers, got {seed!r}")
@@ -379,9 +381,11 @@ def load_cifar(name: str = "cifar10", root=".", *, label_mode: str = "fine", nor
         splits[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     x_train = splits["train"][0].astype(np.float32) / 255.0
     x_test = splits["test"][0].astype(np.float32) / 255.0
-    if normalize:
+    if normalize:  # in place: CIFAR's training set is 600 MB as float32
         mean, std = x_train.mean(axis=(0, 1, 2)), x_train.std(axis=(0, 1, 2))
-        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        for x in (x_train, x_test):
+            x -= mean
+            x /= std
     num_classes = 10 if name == "cifar10" else (100 if label_mode == "fine" else 20)
     info = {"source": str(folder), "label_mode": label_mode, "normalize": normalize,
             "citation": "Krizhevsky, Learning Multiple Layers of Features from Tiny Images (2009)"}

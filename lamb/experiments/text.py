@@ -582,12 +582,13 @@ def wikitext_lines(split: str = "train", *, root=None, data_files=None, config: 
 
 
 def load_wikitext_mlm(seq_len: int = 128, vocab_size: int = 30522, *, root=None, data_files=None,
-                      config: str = "wikitext-103-raw-v1", max_articles: int | None = None, pack: bool = True,
-                      cache: bool = True, hf_cache_dir=None) -> MLMData:
+                      config: str = "wikitext-103-raw-v1", max_articles: int | None = None, tokenizer=None,
+                      pack: bool = True, cache: bool = True, hf_cache_dir=None) -> MLMData:
     """WikiText as :class:`MLMData`: articles of the train and validation splits (:func:`wikitext_lines`,
     :func:`wikitext_articles`), a WordPiece tokenizer trained on the training articles (BERT's vocabulary
     size, 30 522, by default), sequences of ``seq_len`` tokens. ``max_articles`` keeps the first articles of
-    each split (for quick runs)."""
+    each split (for quick runs). Training the tokenizer on all of WikiText-103 (540 MB of text) takes minutes
+    and is cached; pass ``tokenizer=`` (ids 0..4 for :data:`SPECIAL_TOKENS`) to reuse one."""
     source = {"root": root, "data_files": data_files, "config": config, "hf_cache_dir": hf_cache_dir}
     splits = {}
     for split in ("train", "validation"):
@@ -598,8 +599,8 @@ def load_wikitext_mlm(seq_len: int = 128, vocab_size: int = 30522, *, root=None,
     info = {"source": "WikiText (Merity et al., Pointer Sentinel Mixture Models, 2016)",
             "root": None if root is None else str(root), "data_files": data_files,
             "config": None if root is not None or data_files is not None else config}
-    return mlm_from_texts(splits["train"], splits["validation"], seq_len, vocab_size, pack=pack, cache=cache,
-                          info=info)
+    return mlm_from_texts(splits["train"], splits["validation"], seq_len, vocab_size, tokenizer=tokenizer,
+                          pack=pack, cache=cache, info=info)
 
 
 # ---------------------------------------------------------------------------------------------------------------
