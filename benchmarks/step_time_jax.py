@@ -6,10 +6,11 @@ Not a test: it prints one table of medians measured in one run, in milliseconds 
 ``updates, state = tx.update(grads, state, params); params = optax.apply_updates(params, updates)`` under
 ``jax.jit`` with the parameters and the optimizer state donated (updated in place, as in training); the
 gradients are fixed random data, so only the optimizer is timed. Rounds are interleaved (every optimizer once
-per round) so that a noisy shared machine slows all of them alike.
+per round) so that a noisy shared machine slows all of them alike; the script re-executes itself with glibc's
+malloc told to keep freed memory (``--no-malloc-tuning`` to skip), as ``benchmarks/step_time.py`` does.
 
     .venv/bin/python benchmarks/step_time_jax.py                        # all optimizers, 12 layers
-    .venv/bin/python benchmarks/step_time_jax.py --layers 2 --rounds 3  # a quick smoke run
+    .venv/bin/python benchmarks/step_time_jax.py --layers 2 --rounds 1  # a quick smoke run
     .venv/bin/python benchmarks/step_time_jax.py --only optax lamb      # names starting with these
 
 Targets: ``lj.lamb`` with default options at most 1.05x ``optax.lamb``; the Nesterov and L1/L-infinity
@@ -19,6 +20,7 @@ variants at most 1.15x.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -70,13 +72,25 @@ def make_step(tx):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+# glibc hands blocks over 32 MB straight back to the kernel, so every step re-faults the temporaries XLA
+# allocates (the word-embedding array alone is 94 MB) page by page; on a VM that costs more than the arithmetic
+# and varies from run to run. As in benchmarks/step_time.py, these keep freed memory in the process, for every
+# optimizer alike.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (BERT-base: 12)")
-    parser.add_argument("--rounds", type=int, default=10, help="timed steps per optimizer (interleaved)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per optimizer after compiling")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each optimizer once per round)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per optimizer and round")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per optimizer and round")
     parser.add_argument("--only", nargs="*", default=None, help="run the optimizers whose names start so")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc's default mmap threshold (see MALLOC_ENV)")
     args = parser.parse_args(argv)
+    if not args.no_malloc_tuning and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
     shapes = bert_base_shapes(args.layers)
     n_params = sum(int(np.prod(s)) for s in shapes)
@@ -90,37 +104,39 @@ def main(argv=None) -> None:
 
     print(f"jax {jax.__version__}, optax {optax.__version__}, device {jax.devices()[0].device_kind} "
           f"({jax.default_backend()}), {len(shapes)} arrays, {n_params / 1e6:.1f}M float32 parameters")
-    runs = {}
-    for name, tx in chosen:
-        params = [jnp.asarray(p) for p in params0]
-        state = tx.init(params)
-        step = make_step(tx)
-        t0 = time.perf_counter()
-        params, state = step(params, state, grads)
-        jax.block_until_ready(params)
-        compile_s = time.perf_counter() - t0
-        for _ in range(args.warmup):
-            params, state = step(params, state, grads)
-        jax.block_until_ready(params)
-        runs[name] = dict(step=step, params=params, state=state, times=[], compile_s=compile_s)
-
+    print("malloc tuning: " + ("off" if args.no_malloc_tuning else
+                               ", ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())))
+    steps = {name: make_step(tx) for name, tx in chosen}
+    times: dict[str, list[float]] = {name: [] for name, _ in chosen}
+    compile_s: dict[str, float] = {}
+    # Rounds interleave the optimizers, so that a slow spell of a shared machine hits all of them alike. Each
+    # round starts from fresh parameters and state (one optimizer's buffers live at a time); the jitted step
+    # is compiled once, in the first round, and that first call is not timed.
     for _ in range(args.rounds):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            run["params"], run["state"] = run["step"](run["params"], run["state"], grads)
-            jax.block_until_ready(run["params"])
-            run["times"].append(time.perf_counter() - t0)
+        for name, tx in chosen:
+            params = [jnp.asarray(p) for p in params0]
+            state = tx.init(params)
+            for k in range(args.warmup + args.steps):
+                t0 = time.perf_counter()
+                params, state = steps[name](params, state, grads)
+                jax.block_until_ready(params)
+                elapsed = time.perf_counter() - t0
+                if name not in compile_s:
+                    compile_s[name] = elapsed
+                elif k >= args.warmup:
+                    times[name].append(elapsed)
+            del params, state
 
-    medians = {name: statistics.median(run["times"]) for name, run in runs.items()}
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
     base_lamb, base_adamw = medians.get("optax.lamb"), medians.get("optax.adamw")
-    print(f"\nmedian of {args.rounds} interleaved steps after {args.warmup} warm-up steps (compile excluded)\n")
-    print(f"| {'optimizer':<30} | {'ms/step':>8} | {'x optax.lamb':>12} | {'x optax.adamw':>13} | {'compile s':>9} |")
-    print(f"|{'-' * 32}|{'-' * 10}:|{'-' * 13}:|{'-' * 14}:|{'-' * 10}:|")
+    print(f"\nmedian of {args.rounds} rounds x {args.steps} steps (after {args.warmup} warm-up step(s) per round; "
+          f"the first call, which compiles, is not timed)\n")
+    print(f"| {'optimizer':<30} | {'ms/step':>8} | {'x optax.lamb':>12} | {'x optax.adamw':>13} | {'1st call s':>10} |")
+    print(f"|{'-' * 32}|{'-' * 9}:|{'-' * 13}:|{'-' * 14}:|{'-' * 11}:|")
     for name, m in medians.items():
         lamb_ratio = f"{m / base_lamb:.3f}" if base_lamb else "-"
         adamw_ratio = f"{m / base_adamw:.3f}" if base_adamw else "-"
-        print(f"| {name:<30} | {m * 1e3:8.1f} | {lamb_ratio:>12} | {adamw_ratio:>13} | "
-              f"{runs[name]['compile_s']:9.1f} |")
+        print(f"| {name:<30} | {m * 1e3:8.1f} | {lamb_ratio:>12} | {adamw_ratio:>13} | {compile_s[name]:10.1f} |")
 
 
 if __name__ == "__main__":
