@@ -29,7 +29,8 @@ def _concrete_real(name: str, value):
     if isinstance(value, (int, float, np.integer, np.floating)):
         return float(value)
     if isinstance(value, (np.ndarray, jax.Array)):
-        if value.size != 1 or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        real = np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)
+        if value.size != 1 or not real:
             raise TypeError(f"{name} must be a real scalar, got an array of shape {value.shape} and dtype {value.dtype}")
         return float(np.asarray(value).reshape(()))
     raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
