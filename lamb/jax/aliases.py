@@ -63,7 +63,8 @@ def lamb(
 
     **Relation to optax.lamb.** ``optax.lamb`` is the same chain with the L2 norm, bias correction, the
     identity :math:`\phi` and the same zero-norm rule; ``lamb(lr, weight_decay=wd, mask=m)`` equals
-    ``optax.lamb(lr, weight_decay=wd, mask=m)`` to rounding (tested). Differences: optax's ``mask`` covers
+    ``optax.lamb(lr, weight_decay=wd, mask=m)`` to float64 rounding (tested; in float32 ours is closer to the
+    exact arithmetic, see :func:`lamb.jax.scale_by_adam`). Differences: optax's ``mask`` covers
     only the weight decay and every layer, biases and LayerNorm weights included, still gets a trust ratio;
     here ``layer_adaptation_mask`` also excludes layers from the trust ratio (ratio 1), as BERT's LAMB
     (``exclude_from_layer_adaptation``) and :class:`lamb.torch.Lamb` (``layer_adaptation=False``) do. We

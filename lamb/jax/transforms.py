@@ -39,7 +39,7 @@ __all__ = [
     "NORMS", "NESTEROV_VARIANTS",
     "ScaleByTrustRatioState", "ScaleByNesterovAdamState", "ScaleByEmaMomentumState",
     "scale_by_adam", "scale_by_nesterov_adam", "scale_by_ema_momentum", "scale_by_trust_ratio",
-    "layer_norm", "trust_ratio", "momentum_schedule",
+    "layer_norm", "trust_ratio", "momentum_schedule", "one_minus_power",
 ]
 
 NORMS = ("l1", "l2", "linf")
@@ -100,7 +100,9 @@ def scale_by_adam(
     except that the second moment is kept in at least float32 (optax keeps it in the parameters' dtype, where
     bf16 cannot resolve the increments :math:`(1-\beta_2) g^2 \approx 10^{-3} v`). LAMB uses
     :math:`r_t` as the direction of Algorithm 2 (You et al. 2020); without the bias correction the first
-    steps are small, which the paper shows acts like a warm-up.
+    steps are small, which the paper shows acts like a warm-up. The corrections :math:`1 - \beta^t` are
+    computed as :math:`-\mathrm{expm1}(t \ln \beta)` (:func:`one_minus_power`), which in float32 removes the
+    6e-6 relative error that ``float32(0.999)`` puts into optax's ``1 - b2**t`` (tested).
 
     Args:
       b1: :math:`\beta_1` in [0, 1), decay of the first moment.
