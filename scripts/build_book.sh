@@ -22,6 +22,9 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$fingerprint" ]]; then
   echo "package, requirements or profile changed since the last build in $build: clearing its execution cache"
   rm -rf "$build/.jupyter_cache" "$build/jupyter_execute"
 fi
+# The cache now matches this fingerprint, whether or not the build below succeeds.
+mkdir -p "$build"
+echo "$fingerprint" > "$stamp"
 
 start=$(date +%s)
 LAMB_PROFILE=$profile "$(dirname "$python")/jupyter-book" build . --path-output "$root" -W -n --keep-going --all
@@ -30,5 +33,4 @@ if [[ ! -f $build/html/index.html ]]; then
   echo "FAILED: the build wrote no $build/html/index.html" >&2
   exit 1
 fi
-echo "$fingerprint" > "$stamp"
 echo "book built at profile $profile in $((end - start)) s: $build/html/index.html"

@@ -32,11 +32,11 @@ for page in "${pages[@]}"; do
       --screenshot="$out/${page//\//_}.png" "file://$file" > /dev/null 2>&1
   dom=$("$browser" "${flags[@]}" --user-data-dir="$profile" --dump-dom "file://$file" 2> /dev/null)
   rm -rf "$profile"
-  rendered=$(grep -o '<mjx-container' <<< "$dom" | wc -l)
+  rendered=$(grep -o '<mjx-container' <<< "$dom" | wc -l || true)
   # Sphinx writes inline math as \( ... \) and display math as \[ ... \] inside span/div.math; MathJax
   # replaces them, so any left means MathJax did not run (or did not load from the book's own files).
-  raw=$(grep -oE 'class="math notranslate nohighlight">\s*\\[([]' <<< "$dom" | wc -l)
-  figures=$(grep -oE '<img [^>]*src="[^"]*\.(png|svg|jpg)"' <<< "$dom" | wc -l)
+  raw=$(grep -oE 'class="math notranslate nohighlight">\s*\\[([]' <<< "$dom" | wc -l || true)
+  figures=$(grep -oE '<img [^>]*src="[^"]*\.(png|svg|jpg)"' <<< "$dom" | wc -l || true)
   printf '%-45s %8d %8d %8d\n' "$page" "$rendered" "$raw" "$figures"
   (( raw == 0 )) || status=1
 done
