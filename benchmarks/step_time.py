@@ -167,17 +167,21 @@ def main(argv=None) -> None:
             print(f"  round {round_ + 1}: {name:<30s} {statistics.median(step_times) * 1e3:9.1f} ms"
                   + (f"  (first step {first:.2f} s)" if round_ == 0 else ""), flush=True)
     results = {name: (first_steps[name], statistics.median(ts)) for name, ts in times.items() if ts}
+    best = {name: min(ts) for name, ts in times.items() if ts}
 
     fused = results.get("AdamW fused", (None, None))[1]
     foreach = results.get("AdamW foreach", (None, None))[1]
     print()
-    print(f"| optimizer | median ms/step | / AdamW fused | / AdamW foreach | first step s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| optimizer | median ms/step | / AdamW fused | / AdamW foreach | min ms/step | min / AdamW fused "
+          "| min / AdamW foreach | first step s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    best_fused, best_foreach = best.get("AdamW fused"), best.get("AdamW foreach")
     for name, (first, median) in results.items():
         r1 = f"{median / fused:.2f}" if fused else "-"
         r2 = f"{median / foreach:.2f}" if foreach else "-"
-        print(f"| {name} | {median * 1e3:.1f} | {r1} | {r2} | {first:.2f} |")
-
+        b1 = f"{best[name] / best_fused:.2f}" if best_fused else "-"
+        b2 = f"{best[name] / best_foreach:.2f}" if best_foreach else "-"
+        print(f"| {name} | {median * 1e3:.1f} | {r1} | {r2} | {best[name] * 1e3:.1f} | {b1} | {b2} | {first:.2f} |")
 
 if __name__ == "__main__":
     main()
