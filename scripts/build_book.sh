@@ -26,6 +26,7 @@ fi
 mkdir -p "$build"
 echo "$fingerprint" > "$stamp"
 
+rm -f "$build/html/index.html"     # so that a build that writes nothing cannot pass on an old index.html
 start=$(date +%s)
 LAMB_PROFILE=$profile "$(dirname "$python")/jupyter-book" build . --path-output "$root" -W -n --keep-going --all
 end=$(date +%s)
