@@ -2,7 +2,7 @@ r"""The book's models in plain JAX: an MLP, a small ResNet (the ResNet-50 stand-
 
 Every model is a :class:`Model`: two pure functions and a description,
 
-- ``params = model.init(key)`` -- a nested ``dict`` of ``float32`` arrays whose path names say what each layer
+- ``params = model.init(key)`` (jitted: one compiled program instead of many small dispatches) -- a nested ``dict`` of ``float32`` arrays whose path names say what each layer
   is (``dense_0/kernel``, ``block_1/conv_2/kernel``, ``encoder_0/attention/query/kernel``), so that the
   per-layer plots of the book (trust ratio per layer, :func:`lamb.experiments.layer_statistics.named_layers`)
   are readable;
@@ -161,7 +161,7 @@ def mlp(input_dim: int, hidden: Sequence[int], num_classes: int, activation="rel
         return h
 
     name = activation if isinstance(activation, str) else getattr(activation, "__name__", "custom")
-    return Model("mlp", init, apply, {"model": "mlp", "input_dim": input_dim, "hidden": list(hidden),
+    return Model("mlp", jax.jit(init), apply, {"model": "mlp", "input_dim": input_dim, "hidden": list(hidden),
                                       "num_classes": num_classes, "activation": name})
 
 
@@ -269,7 +269,7 @@ def resnet(input_shape: Sequence[int], num_classes: int, widths: Sequence[int] =
         h = jnp.mean(h, axis=tuple(range(1, h.ndim - 1)))
         return _apply_dense(params["head"], h)
 
-    return Model("resnet", init, apply, {"model": "resnet", "input_shape": list(input_shape),
+    return Model("resnet", jax.jit(init), apply, {"model": "resnet", "input_shape": list(input_shape),
                                          "num_classes": num_classes, "widths": list(widths),
                                          "blocks_per_stage": blocks_per_stage, "kernel_size": kernel_size,
                                          "groups": groups})
@@ -389,7 +389,7 @@ def bert(vocab_size: int, max_len: int, hidden: int = 128, layers: int = 2, head
             return h @ emb["token"]["embedding"].T + head["output_bias"]
         return _apply_dense(head["decoder"], h)
 
-    return Model("bert", init, apply, {"model": "bert", "vocab_size": vocab_size, "max_len": max_len,
+    return Model("bert", jax.jit(init), apply, {"model": "bert", "vocab_size": vocab_size, "max_len": max_len,
                                        "hidden": hidden, "layers": layers, "heads": heads, "mlp_dim": mlp_dim,
                                        "pre_layer_norm": pre_layer_norm, "tie_embeddings": tie_embeddings,
                                        "pad_id": pad_id})
