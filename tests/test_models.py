@@ -1,6 +1,8 @@
 """Models: output shapes, readable layer names, the loss against a NumPy computation, properties the
 architecture promises (per-example normalization, padding ignored), and a loss that decreases."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +68,27 @@ def test_bert_shapes_names_and_padding(pre_layer_norm, tie):
     np.testing.assert_allclose(apply(p, padded)[:, :8], logits, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="max_len"):
         m.apply(p, jnp.ones((1, 13), jnp.int32))
+
+
+def test_bert_masked_head_gives_the_full_heads_loss():
+    m = models.bert(40, 20, hidden=16, layers=1, heads=2)
+    p = m.init(jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (3, 20), 5, 40)
+    # 3 labelled positions per sequence (BERT's 15%), at different places in each sequence
+    chosen = jnp.zeros((3, 20), bool).at[jnp.arange(3)[:, None], jnp.array([[1, 5, 11], [0, 2, 19], [7, 8, 9]])].set(True)
+    labels = jnp.where(chosen, ids, -100)
+
+    @jax.jit
+    def both(p, ids, labels):
+        return models.loss_sums(m.apply(p, ids), labels), models.loss_sums(*m.apply_masked(p, ids, labels))
+
+    full, masked = both(p, ids, labels)
+    assert float(masked["count"]) == float(full["count"]) == float(chosen.sum())
+    assert float(masked["loss"]) == pytest.approx(float(full["loss"]), rel=1e-5)
+    assert float(masked["correct"]) == float(full["correct"])
+    # more labels than the gathered positions (ceil(0.2 * 20) = 4): NaN, never silently dropped labels
+    _, overflow = both(p, ids, jnp.where(jnp.arange(20) < 6, ids, -100))
+    assert math.isnan(float(overflow["loss"]))
 
 
 def test_loss_sums_against_numpy_with_ignored_labels():

@@ -192,6 +192,8 @@ def _learning_rate_in_state(opt_state):
 # ---------------------------------------------------------------------------------------------------------------
 
 def _sums(model, params, batch):
+    if getattr(model, "apply_masked", None) is not None:  # logits at the labelled positions only (BERT's MLM)
+        return _models.loss_sums(*model.apply_masked(params, batch["inputs"], batch["labels"]))
     return _models.loss_sums(model.apply(params, batch["inputs"]), batch["labels"])
 
 
