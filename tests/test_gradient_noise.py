@@ -1,7 +1,6 @@
 """lamb.experiments.gradient_noise: expectations checked by exhaustive enumeration or by algebra."""
 
 import itertools
-import math
 
 import numpy as np
 import pytest
@@ -72,13 +71,6 @@ def test_tradeoff_curve_is_a_hyperbola():
     steps, examples = gn.steps_examples_tradeoff(b, noise_scale=50.0, min_steps=3.0)
     np.testing.assert_allclose((steps / 3.0 - 1) * (examples / (3.0 * 50.0) - 1), 1.0, rtol=1e-12)
     np.testing.assert_allclose(examples, steps * b, rtol=1e-12)
-
-
-def test_steps_to_target():
-    steps = np.array([10, 20, 30, 40])
-    assert gn.steps_to_target(steps, [0.1, 0.5, 0.7, 0.9], 0.6) == 30
-    assert gn.steps_to_target(steps, [2.0, 1.0, 0.5, 0.4], 0.5, higher_is_better=False) == 30
-    assert math.isinf(gn.steps_to_target(steps, [0.1, 0.2, 0.3, 0.4], 0.6))
 
 
 def test_per_example_gradients_average_to_the_batch_gradient():

@@ -175,15 +175,3 @@ def steps_examples_tradeoff(batch_size, noise_scale: float, min_steps: float = 1
     examples = min_steps * noise_scale * (1.0 + b / noise_scale)
     return steps, examples
 
-
-def steps_to_target(steps, values, target: float, higher_is_better: bool = True) -> float:
-    """The first evaluation step at which ``values`` reaches ``target`` (``>=`` when ``higher_is_better``,
-    e.g. an accuracy; ``<=`` otherwise, e.g. a loss), or ``inf`` when it never does."""
-    steps = np.asarray(steps)
-    values = np.asarray(values, dtype=np.float64)
-    if steps.shape != values.shape or steps.ndim != 1:
-        raise ValueError(f"steps and values must be 1-D arrays of the same length, got shapes {steps.shape} "
-                         f"and {values.shape}")
-    reached = values >= target if higher_is_better else values <= target
-    hits = np.flatnonzero(reached)
-    return float(steps[hits[0]]) if hits.size else float("inf")
