@@ -129,8 +129,9 @@ def trust_ratios(run, *, ax=None, layers: Sequence[str] | None = None, log_y: bo
     """The trust ratio of each layer against steps (``run.history["trust_ratio"]``).
 
     ``layers`` picks layers by name (default: the kernels -- names ending in ``kernel`` or ``embedding`` -- or
-    all layers when there are none), at most ``max_layers`` of them spread evenly from input to output, so
-    that the legend stays readable for deep models.
+    all layers when there are none), at most ``max_layers`` of them spread evenly over the parameter tree's
+    (alphabetical) order, so that the legend stays readable for deep models; colours run along that order.
+    More than four layers put the legend under the axes.
     """
     ax = _axes(ax)
     h = _history(run)
@@ -153,10 +154,13 @@ def trust_ratios(run, *, ax=None, layers: Sequence[str] | None = None, log_y: bo
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel(r"trust ratio $\phi(\|x^{(i)}\|) / \|r^{(i)} + \lambda x^{(i)}\|$")
+    ax.set_ylabel("trust ratio")
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8, ncol=2 if len(names) > 4 else 1)
+    if len(names) > 4:
+        ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    else:
+        ax.legend(fontsize=8)
     return ax
 
 
