@@ -58,7 +58,8 @@ def main():
              rng.integers(0, 10, s["batch_size"])),
         f"ResNet widths={s['resnet_widths']} on MNIST-1D, B={s['resnet_batch_size']}":
             (models.resnet((40,), 10, widths=tuple(s["resnet_widths"])),
-             rng.normal(size=(s["resnet_batch_size"], 40)).astype(np.float32), rng.integers(0, 10, s["resnet_batch_size"])),
+             rng.normal(size=(s["resnet_batch_size"], 40)).astype(np.float32),
+             rng.integers(0, 10, s["resnet_batch_size"])),
         f"BERT d={s['bert_hidden']} L={s['bert_layers']} V={s['bert_vocab_size']} n={s['bert_seq_len']}, "
         f"B={s['bert_batch_size']}":
             (models.bert(s["bert_vocab_size"], s["bert_seq_len"], hidden=s["bert_hidden"], layers=s["bert_layers"],

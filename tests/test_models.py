@@ -75,7 +75,8 @@ def test_bert_masked_head_gives_the_full_heads_loss():
     p = m.init(jax.random.key(0))
     ids = jax.random.randint(jax.random.key(1), (3, 20), 5, 40)
     # 3 labelled positions per sequence (BERT's 15%), at different places in each sequence
-    chosen = jnp.zeros((3, 20), bool).at[jnp.arange(3)[:, None], jnp.array([[1, 5, 11], [0, 2, 19], [7, 8, 9]])].set(True)
+    positions = jnp.array([[1, 5, 11], [0, 2, 19], [7, 8, 9]])
+    chosen = jnp.zeros((3, 20), bool).at[jnp.arange(3)[:, None], positions].set(True)
     labels = jnp.where(chosen, ids, -100)
 
     @jax.jit

@@ -2,10 +2,10 @@ r"""The book's models in plain JAX: an MLP, a small ResNet (the ResNet-50 stand-
 
 Every model is a :class:`Model`: two pure functions and a description,
 
-- ``params = model.init(key)`` (jitted: one compiled program instead of many small dispatches) -- a nested ``dict`` of ``float32`` arrays whose path names say what each layer
-  is (``dense_0/kernel``, ``block_1/conv_2/kernel``, ``encoder_0/attention/query/kernel``), so that the
-  per-layer plots of the book (trust ratio per layer, :func:`lamb.experiments.layer_statistics.named_layers`)
-  are readable;
+- ``params = model.init(key)`` (jitted: one compiled program instead of many small dispatches) -- a
+  nested ``dict`` of ``float32`` arrays whose path names say what each layer is (``dense_0/kernel``,
+  ``block_1/conv_2/kernel``, ``encoder_0/attention/query/kernel``), so that the per-layer plots of the book
+  (trust ratio per layer, :func:`lamb.experiments.layer_statistics.named_layers`) are readable;
 - ``logits = model.apply(params, inputs)`` -- no state, no randomness (no dropout, no batch statistics), so
   one training step is a pure function of ``(params, opt_state, batch)`` that ``jax.jit`` and
   data-parallel sharding handle without special cases.
@@ -197,7 +197,7 @@ def _conv(p, x, stride: int):
 
 def resnet(input_shape: Sequence[int], num_classes: int, widths: Sequence[int] = (16, 32, 64),
            blocks_per_stage: int = 1, kernel_size: int = 3, groups: int = 8) -> Model:
-    """A small pre-activation-free ResNet (He et al. 2016, basic blocks) for 1-D signals or 2-D images.
+    """A small ResNet (He et al. 2016, basic blocks, post-activation) for 1-D signals or 2-D images.
 
     ``input_shape`` is ``(length,)`` or ``(length, channels)`` for 1-D inputs (MNIST-1D: ``(40,)``), and
     ``(height, width, channels)`` for images (channels last). The network: ``stem`` (conv + GroupNorm +
@@ -348,7 +348,8 @@ def bert(vocab_size: int, max_len: int, hidden: int = 128, layers: int = 2, head
             params[f"encoder_{i}"] = {
                 "attention": {n: dense(next(keys), hidden, hidden) for n in ("query", "key", "value", "output")},
                 "attention_norm": norm(),
-                "mlp": {"dense_in": dense(next(keys), hidden, mlp_dim), "dense_out": dense(next(keys), mlp_dim, hidden)},
+                "mlp": {"dense_in": dense(next(keys), hidden, mlp_dim),
+                        "dense_out": dense(next(keys), mlp_dim, hidden)},
                 "mlp_norm": norm(),
             }
         if pre_layer_norm:
