@@ -71,7 +71,9 @@ def candidates(lr: float = 1e-3, weight_decay: float = 0.01):
     out = [
         ("AdamW fused", lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay, fused=True)),
         ("AdamW foreach", lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay, foreach=True)),
-        ("Lamb fused (compiled)", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, fused=True)),
+        ("Lamb fused", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, fused=True)),
+        ("Lamb fused, nesterov='nn'", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, nesterov="nn",
+                                                      fused=True)),
         ("Lamb foreach", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, foreach=True)),
         ("Lamb single-tensor", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, foreach=False)),
         ("Lamb foreach, nesterov='nn'", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, nesterov="nn")),

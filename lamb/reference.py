@@ -371,7 +371,7 @@ def _layerwise_update(params, directions, lr, weight_decay, decay, adapt, norm, 
     return new_x, ratios
 
 
-def lars(state, params, grads, *, lr, beta1=0.9, weight_decay=0.0, norm="l2", trust_clip=None,
+def lars(state, params, grads, *, lr, beta1=0.9, weight_decay=0.0, norm="l2", trust_clip=None, nesterov=False,
          weight_decay_mask=None, layer_adaptation_mask=None):
     r"""LARS as the paper's Algorithm 1 states it: the trust ratio normalizes the momentum.
 
@@ -384,8 +384,14 @@ def lars(state, params, grads, *, lr, beta1=0.9, weight_decay=0.0, norm="l2", tr
     identical; with layer adaptation off, LARS is ``SGD(lr=eta * (1 - beta1), momentum=beta1)``.
     The 2017 LARS paper (and ``optax.lars``) scale the *gradient* before the momentum instead: that is
     :func:`lars_2017`, a different algorithm.
+
+    ``nesterov=True`` is not in the paper: the trust ratio then normalizes the Nesterov look-ahead
+    :math:`u_t = \beta_1 m_t + (1-\beta_1)(g_t + \lambda x_t)` instead of :math:`m_t` (as ``Lars(nesterov=True)``
+    and ``lamb.jax.lars(nesterov=True)`` do).
     """
     _check_beta("beta1", beta1)
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
     trust_clip = _check_layerwise(lr, weight_decay, norm, trust_clip)
     params, grads, (decay, adapt) = _prepare(
         params, grads,
@@ -393,11 +399,10 @@ def lars(state, params, grads, *, lr, beta1=0.9, weight_decay=0.0, norm="l2", tr
     )
     t = 0 if state is None else state["t"]
     m_prev = _zeros_like(params) if state is None else state["m"]
-    m = [
-        beta1 * m_i + (1 - beta1) * (g + (weight_decay if lam else 0.0) * x)  # m_t = b1 m + (1-b1)(g + lambda x)
-        for m_i, g, x, lam in zip(m_prev, grads, params, decay)
-    ]
-    new_x, ratios = _layerwise_update(params, m, lr, 0.0, decay, adapt, norm, trust_clip)
+    d = [g + (weight_decay if lam else 0.0) * x for g, x, lam in zip(grads, params, decay)]  # g_t + lambda x_t
+    m = [beta1 * m_i + (1 - beta1) * d_i for m_i, d_i in zip(m_prev, d)]  # m_t = b1 m_{t-1} + (1 - b1) d_t
+    u = [beta1 * m_i + (1 - beta1) * d_i for m_i, d_i in zip(m, d)] if nesterov else m
+    new_x, ratios = _layerwise_update(params, u, lr, 0.0, decay, adapt, norm, trust_clip)
     return {"t": t + 1, "m": m, "trust_ratio": ratios}, new_x
 
 

@@ -155,19 +155,21 @@ def test_nesterov_momentum_schedules_float64(x64, nesterov, momentum_decay):
     assert max_relative_error(ours, ref) < 1e-12
 
 
-@pytest.mark.parametrize("norm,trust_clip,masking,weight_decay", list(itertools.product(
-    ("l2", "l1", "linf"), (None, (0.5, 2.0)), MASKINGS, (0.01,))) + [("l2", None, "none", 0.0)])
-def test_lars_float64_every_option(x64, norm, trust_clip, masking, weight_decay):
+@pytest.mark.parametrize("norm,trust_clip,masking,weight_decay,nesterov", list(itertools.product(
+    ("l2", "l1", "linf"), (None, (0.5, 2.0)), MASKINGS, (0.01,), (False,))) + [
+    ("l2", None, "none", 0.0, False), ("l2", None, "both", 0.01, True), ("linf", (0.5, 2.0), "none", 0.01, True)])
+def test_lars_float64_every_option(x64, norm, trust_clip, masking, weight_decay, nesterov):
     params = make_params()
     mask_tree = not_a_vector(params)
     decay_mask = mask_tree if masking in ("both", "decay_only") else None
     adapt_mask = mask_tree if masking in ("both", "adaptation_only") else None
-    tx = lj.lars(LR, momentum=0.9, weight_decay=weight_decay, norm=norm, trust_clip=trust_clip, mask=decay_mask,
-                 layer_adaptation_mask=adapt_mask)
+    tx = lj.lars(LR, momentum=0.9, weight_decay=weight_decay, norm=norm, trust_clip=trust_clip, nesterov=nesterov,
+                 mask=decay_mask, layer_adaptation_mask=adapt_mask)
     flat = jax.tree.leaves(mask_tree)
     ref, ref_ratios = run_reference(
         reference.lars, params, gradient_trees(params, STEPS), lr=LR, beta1=0.9, weight_decay=weight_decay,
-        norm=norm, trust_clip=trust_clip, weight_decay_mask=flat if decay_mask is not None else None,
+        norm=norm, trust_clip=trust_clip, nesterov=nesterov,
+        weight_decay_mask=flat if decay_mask is not None else None,
         layer_adaptation_mask=flat if adapt_mask is not None else None)
     ours, ratios = run_lj(tx, params, gradient_trees(params, STEPS), jnp.float64)
     assert max_relative_error(ours, ref) < 1e-12

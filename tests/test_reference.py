@@ -214,13 +214,16 @@ def test_dozat_momentum_schedule():
 # Reductions between algorithms.
 
 
-def test_lars_without_adaptation_is_heavy_ball_sgd_at_scaled_lr():
-    """m_t (EMA, m_0 = 0) is (1 - beta1) times SGD's heavy-ball buffer, so LARS with rho = 1 is SGD at
-    lr * (1 - beta1), weight decay included."""
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lars_without_adaptation_is_heavy_ball_sgd_at_scaled_lr(nesterov):
+    """m_t (EMA, m_0 = 0) is (1 - beta1) times SGD's heavy-ball buffer b_t, so LARS with rho = 1 is SGD at
+    lr * (1 - beta1), weight decay included; with Nesterov, u_t = beta1 m_t + (1 - beta1) d_t is
+    (1 - beta1)(d_t + beta1 b_t), SGD's Nesterov step."""
     params, grads = random_problem(9)
-    _, a = run(R.lars, params, grads, lr=0.1, beta1=0.9, weight_decay=0.01,
+    _, a = run(R.lars, params, grads, lr=0.1, beta1=0.9, weight_decay=0.01, nesterov=nesterov,
                layer_adaptation_mask=[False] * len(params))
-    _, b = run(R.sgd_momentum, params, grads, lr=0.1 * (1 - 0.9), momentum=0.9, weight_decay=0.01)
+    _, b = run(R.sgd_momentum, params, grads, lr=0.1 * (1 - 0.9), momentum=0.9, weight_decay=0.01,
+               nesterov=nesterov)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
 

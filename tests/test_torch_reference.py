@@ -148,14 +148,15 @@ FULL_GRID = [
 @pytest.mark.parametrize("norm,bias_correction,trust_clip,nesterov,momentum_decay,weight_decay,grouping", FULL_GRID)
 def test_lamb_matches_reference(norm, bias_correction, trust_clip, nesterov, momentum_decay, weight_decay,
                                 grouping):
-    """Single-tensor and foreach paths, float64 and float32, over 20 steps, every option combination."""
+    """Single-tensor, foreach and fused (CPU kernel) paths, float64 and float32, over 20 steps, every option
+    combination."""
     x0, grads = make_problem()
     masks = GROUPINGS[grouping]
     kw = dict(lr=LR, weight_decay=weight_decay, bias_correction=bias_correction, norm=norm, trust_clip=trust_clip)
     if nesterov is not None:
         kw["momentum_decay"] = momentum_decay
     ref_x, ref_rho = reference_layers(LAMB_FNS[nesterov], x0, grads, masks, **kw)
-    for path, dtype in itertools.product(["single", "foreach"], [torch.float64, torch.float32]):
+    for path, dtype in itertools.product(["single", "foreach", "fused"], [torch.float64, torch.float32]):
         params, opt = run_torch(
             lambda groups: Lamb(groups, lr=LR, norm=norm, bias_correction=bias_correction, trust_clip=trust_clip,
                                 nesterov=nesterov, momentum_decay=momentum_decay, **PATHS[path]),
@@ -163,24 +164,9 @@ def test_lamb_matches_reference(norm, bias_correction, trust_clip, nesterov, mom
         assert_matches(params, opt, ref_x, ref_rho, dtype, masks)
 
 
-def lars_nesterov_reference(state, params, grads, *, lr, beta1, weight_decay, norm, trust_clip,
-                            weight_decay_mask, layer_adaptation_mask):
-    """Lars(nesterov=True) as its docstring defines it, in NumPy float64 (lamb.reference has no Nesterov LARS).
-
-    m_t = beta1 m_{t-1} + (1 - beta1) d_t, d_t = g_t + lambda x_t; u_t = beta1 m_t + (1 - beta1) d_t;
-    x_{t+1} = x_t - eta phi(||x_t||) / ||u_t|| u_t.
-    """
-    m_prev = [np.zeros_like(x) for x in params] if state is None else state["m"]
-    new_m, new_x, ratios = [], [], []
-    for x, g, m, d_on, a_on in zip(params, grads, m_prev, weight_decay_mask, layer_adaptation_mask):
-        d = g + (weight_decay if d_on else 0.0) * x
-        m = beta1 * m + (1 - beta1) * d
-        u = beta1 * m + (1 - beta1) * d
-        rho = R.trust_ratio(x, u, norm, trust_clip) if a_on else 1.0
-        new_m.append(m)
-        new_x.append(x - lr * rho * u)
-        ratios.append(rho)
-    return {"m": new_m, "trust_ratio": ratios}, new_x
+def lars_nesterov_reference(*args, **kwargs):
+    """Lars(nesterov=True): the trust ratio normalizes u_t = beta1 m_t + (1 - beta1)(g_t + lambda x_t)."""
+    return R.lars(*args, nesterov=True, **kwargs)
 
 
 @pytest.mark.parametrize("grouping", list(GROUPINGS))
@@ -194,7 +180,7 @@ def test_lars_matches_reference(norm, trust_clip, nesterov, weight_decay, groupi
     fn = lars_nesterov_reference if nesterov else R.lars
     ref_x, ref_rho = reference_layers(fn, x0, grads, masks, lr=LR, beta1=0.9, weight_decay=weight_decay,
                                       norm=norm, trust_clip=trust_clip)
-    for path, dtype in itertools.product(["single", "foreach"], [torch.float64, torch.float32]):
+    for path, dtype in itertools.product(["single", "foreach", "fused"], [torch.float64, torch.float32]):
         params, opt = run_torch(
             lambda groups: Lars(groups, lr=LR, momentum=0.9, norm=norm, trust_clip=trust_clip, nesterov=nesterov,
                                 **PATHS[path]),
@@ -202,7 +188,7 @@ def test_lars_matches_reference(norm, trust_clip, nesterov, weight_decay, groupi
         assert_matches(params, opt, ref_x, ref_rho, dtype, masks)
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
 def test_maximize_is_descent_on_the_negated_gradient(path):
     x0, grads = make_problem(seed=2)
     masks = GROUPINGS["bert"]
@@ -212,7 +198,47 @@ def test_maximize_is_descent_on_the_negated_gradient(path):
     assert_matches(params, opt, ref_x, ref_rho, torch.float64, masks)
 
 
-# The compiled path: few configurations (each variant and dtype compiles its kernel once per process).
+# Layers big enough for the fused CPU kernel to split them over threads (and sizes that leave tails), on one
+# and two threads: the split changes only the order of the norms' sums.
+BIG_SHAPES = [(301, 401), (70001,), (5,), (33000,)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("norm", ["l2", "l1", "linf"])
+def test_fused_cpu_kernel_on_big_layers(norm, threads):
+    rng = np.random.default_rng(5)
+    x0 = [rng.standard_normal(s) for s in BIG_SHAPES]
+    grads = [[10.0 ** rng.uniform(-2, 1) * rng.standard_normal(s) for s in BIG_SHAPES] for _ in range(5)]
+    masks = ([True, True, False, True], [True, True, False, True])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for fn, make in [(R.lamb, lambda g: Lamb(g, lr=LR, norm=norm, fused=True)),
+                         (R.lars, lambda g: Lars(g, lr=LR, momentum=0.9, norm=norm, fused=True))]:
+            kw = dict(beta1=0.9) if fn is R.lars else {}
+            state, xs, ref_rho = None, x0, None
+            for step in grads:
+                state, xs = fn(state, xs, step, lr=LR, weight_decay=0.1, norm=norm, trust_clip=None,
+                               weight_decay_mask=masks[0], layer_adaptation_mask=masks[1], **kw)
+            for dtype in (torch.float64, torch.float32):
+                params = [torch.nn.Parameter(torch.tensor(x, dtype=dtype)) for x in x0]
+                opt = make([{"params": [p], "weight_decay": 0.1 if d else 0.0, "layer_adaptation": a}
+                            for p, d, a in zip(params, *masks)])
+                for step in grads:
+                    for p, g in zip(params, step):
+                        p.grad = torch.tensor(g, dtype=dtype)
+                    opt.step()
+                tol = TOLERANCE[dtype]
+                for p, x, rho in zip(params, xs, state["trust_ratio"]):
+                    err = np.linalg.norm(p.detach().double().numpy() - x) / np.linalg.norm(x)
+                    assert err < tol, f"{fn.__name__} {dtype} {tuple(p.shape)}: relative error {err:.3g}"
+                    assert abs(float(opt.state[p]["trust_ratio"]) - rho) <= tol * max(1.0, abs(rho))
+    finally:
+        torch.set_num_threads(previous)
+
+
+# The torch.compile kernel (fused=True on GPUs, for fp16/bf16 and for layouts the CPU kernel does not take):
+# few configurations, as each variant and dtype compiles once per process.
 @pytest.mark.parametrize("nesterov,norm,trust_clip,dtype", [
     (None, "l2", None, torch.float64),
     ("nn", "linf", (0.5, 1.5), torch.float64),

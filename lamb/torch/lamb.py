@@ -64,9 +64,11 @@ class Lamb(LayerwiseOptimizer):
         layer_adaptation: False forces :math:`\rho = 1` (the group then follows AdamW). Default True.
         maximize: ascend instead of descend (:math:`g \to -g`). Default False.
         foreach: ``None`` (default) or True for the multi-tensor path; False for the single-tensor loop.
-        fused: True for the ``torch.compile`` d two-pass kernel per layer (``_fused_lamb``). Its first
-            step compiles the kernel: seconds to tens of seconds on a CPU, once per process and variant
-            (Inductor's cache makes later processes faster). Not for DTensor parameters.
+        fused: True for the fused path: on the CPU (float32/float64) a C++ kernel that steps every layer in
+            one call, two passes per layer, built with the system's compiler on first use (about a second,
+            then cached; see ``lamb.torch._cpu_fused``); on GPUs and for fp16/bf16 a ``torch.compile`` d
+            two-pass kernel per layer, whose first step compiles it (seconds to tens of seconds, once per
+            process and variant). Not for DTensor parameters.
 
     State per parameter: ``step`` (a float host tensor, as ``torch.optim.Adam``'s), ``exp_avg``
     (:math:`m_t`) and ``exp_avg_sq`` (:math:`v_t`) (fp32 for fp16/bf16 parameters), ``mu_product``
