@@ -14,8 +14,9 @@ from torch import nn
 
 from lamb import reference as R
 from lamb.torch import Lamb, Lars, param_groups
+from lamb.torch import _functional
 
-PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True)}
+PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
 
 
 def make_params(dtype=torch.float32, seed=0):
@@ -45,8 +46,9 @@ def clone_params(params):
     lambda ps, path: Lamb(ps, lr=0.01, trust_clip=(0.1, 2.0), norm="l1", **PATHS[path]),
     lambda ps, path: Lars(ps, lr=0.1, weight_decay=1e-3, nesterov=True, **PATHS[path]),
 ], ids=["nnlamb", "lamb-l1-clip", "lars"])
-@pytest.mark.parametrize("path", ["single", "foreach"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("path,dtype", [("single", torch.float32), ("single", torch.bfloat16),
+                                        ("foreach", torch.float32), ("foreach", torch.bfloat16),
+                                        ("fused", torch.float32)])
 def test_state_dict_round_trip_continues_bit_identically(make_opt, path, dtype):
     params = make_params(dtype)
     opt = make_opt(params, path)
@@ -104,7 +106,7 @@ def test_lr_scheduler_follows_reference_with_the_same_lr_sequence():
     assert opt.param_groups[0]["lr"] != 0.1  # the schedule did move the lr
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
 def test_tensor_lr_equals_float_lr(path):
     a, b = make_params(torch.float64), make_params(torch.float64)
     opt_a = Lamb(a, lr=torch.tensor(0.02, dtype=torch.float64), **PATHS[path])
@@ -185,10 +187,13 @@ def test_grad_scaler_skips_non_finite_steps(opt_cls):
     assert scaler.get_scale() < scale
 
 
-@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("path", ["single", "foreach"])
-def test_low_precision_params_use_fp32_state_and_math(low, path):
+@pytest.mark.parametrize("low,path", [(torch.bfloat16, "single"), (torch.float16, "single"),
+                                      (torch.bfloat16, "foreach"), (torch.float16, "foreach"),
+                                      (torch.bfloat16, "fused")])
+def test_low_precision_params_use_fp32_state_and_math(monkeypatch, low, path):
     """A bf16/fp16 run equals an fp32 run whose weights are rounded to bf16/fp16 after every step."""
+    if path == "fused":  # bf16 takes the torch.compile kernel: the fp32 twin too, so that both round alike
+        monkeypatch.setattr(_functional._cpu_fused, "supports", lambda *tensors: False)
     low_params = make_params(low)
     f32_params = [nn.Parameter(p.detach().float()) for p in low_params]
     opt_low = Lamb(low_params, lr=0.05, nesterov="n", **PATHS[path])
@@ -211,7 +216,7 @@ def test_low_precision_params_use_fp32_state_and_math(low, path):
         assert torch.equal(opt_low.state[p]["exp_avg_sq"], opt_f32.state[q]["exp_avg_sq"])
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
 @pytest.mark.parametrize("norm", ["l1", "l2", "linf"])
 def test_zero_weights_and_zero_gradients_give_no_nan(path, norm):
     params = [nn.Parameter(torch.zeros(4, 3)), nn.Parameter(torch.randn(5)), nn.Parameter(torch.zeros(()))]
@@ -237,7 +242,7 @@ def test_zero_weights_and_zero_gradients_give_no_nan(path, norm):
 # Side effects and host syncs
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
 def test_grads_are_not_modified(path):
     for opt_cls, kw in ((Lamb, dict(nesterov="nn", maximize=True)), (Lars, dict(weight_decay=0.1, nesterov=True))):
         params = make_params()

@@ -16,6 +16,7 @@ import torch
 
 from lamb import reference as R
 from lamb.torch import Lamb, Lars
+from lamb.torch import _functional as F
 
 STEPS = 20
 LR = 0.05
@@ -244,7 +245,8 @@ def test_fused_cpu_kernel_on_big_layers(norm, threads):
     ("nn", "linf", (0.5, 1.5), torch.float64),
     ("n", "l1", None, torch.float32),
 ])
-def test_fused_lamb_matches_reference(nesterov, norm, trust_clip, dtype):
+def test_compiled_lamb_matches_reference(monkeypatch, nesterov, norm, trust_clip, dtype):
+    monkeypatch.setattr(F._cpu_fused, "supports", lambda *tensors: False)  # every layer to torch.compile
     x0, grads = make_problem(seed=3)
     masks = GROUPINGS["bert"]
     ref_x, ref_rho = reference_layers(LAMB_FNS[nesterov], x0, grads, masks, lr=LR, weight_decay=0.1, norm=norm,
@@ -255,7 +257,8 @@ def test_fused_lamb_matches_reference(nesterov, norm, trust_clip, dtype):
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_fused_lars_matches_reference(nesterov):
+def test_compiled_lars_matches_reference(monkeypatch, nesterov):
+    monkeypatch.setattr(F._cpu_fused, "supports", lambda *tensors: False)
     x0, grads = make_problem(seed=4)
     masks = GROUPINGS["bert"]
     fn = lars_nesterov_reference if nesterov else R.lars

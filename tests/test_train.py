@@ -3,6 +3,7 @@ subprocess), recorded trust ratios and learning rates against independent comput
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -196,3 +197,11 @@ def _sharded_main():
 
 if __name__ == "__main__":
     _sharded_main()
+
+
+def test_progress_bar_goes_to_the_stream_given(digits, mlp):
+    stream = io.StringIO()
+    train.fit(mlp, optax.adam(1e-3), digits, batch_size=128, steps=2, progress=stream)
+    assert "2/2" in stream.getvalue()
+    with pytest.raises(TypeError, match="progress must be"):
+        train.fit(mlp, optax.adam(1e-3), digits, batch_size=128, steps=1, progress="stdout")

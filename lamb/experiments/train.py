@@ -367,7 +367,7 @@ def _devices(devices):
 def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps: int | None = None,
         epochs: int | None = None, eval_every: int | None = None, seed: int = 0, data_seed: int | None = None,
         params=None, accumulation_steps: int = 1, learning_rate=None, devices=None,
-        eval_batch_size: int | None = None, eval_batches: int | None = None, progress: bool = True,
+        eval_batch_size: int | None = None, eval_batches: int | None = None, progress=True,
         checkpoint_dir=None, checkpoint_every: int | None = None, result_path=None, config: Mapping | None = None,
         callback: Callable | None = None) -> TrainResult:
     """Train ``model`` with ``tx`` on ``data`` for ``steps`` optimizer steps (or ``epochs`` epochs) of
@@ -387,7 +387,8 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
     - ``accumulation_steps``: micro-batches per step; ``batch_size`` must be divisible by
       ``accumulation_steps * number of devices``.
     - ``devices``: a device list, a count (the first ``n`` of ``jax.devices()``) or ``None`` for all.
-    - ``progress``: a tqdm progress bar; ``checkpoint_dir``/``checkpoint_every`` (default ``eval_every`` or
+    - ``progress``: True for a tqdm progress bar on stderr, a text stream (e.g. ``sys.stdout``, which a built
+      book keeps in its pages) for the bar there, False for none; ``checkpoint_dir``/``checkpoint_every`` (default ``eval_every`` or
       every 100 steps): checkpoint and resume; ``result_path``: the JSON result file;
       ``config``: extra JSON-able entries for the configuration (the optimizer's name and hyperparameters:
       a transformation cannot describe itself).
@@ -396,6 +397,8 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
     source = _adapt(data)
     batch_size = _check_int("batch_size", batch_size, 1)
     accumulation_steps = _check_int("accumulation_steps", accumulation_steps, 1)
+    if not isinstance(progress, bool) and not callable(getattr(progress, "write", None)):
+        raise TypeError(f"progress must be True, False or a text stream (with .write), got {progress!r}")
     if (steps is None) == (epochs is None):
         raise ValueError(f"give exactly one of steps and epochs, got steps={steps!r}, epochs={epochs!r}")
     if batch_size > source.num_train:
@@ -488,6 +491,7 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
         evaluate(0)
     stream = source.stream(batch_size, data_seed, start)
     bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"{model.name} B={batch_size}",
+               file=None if isinstance(progress, bool) else progress,
                unit="step", dynamic_ncols=True)
     try:
         for step in range(start + 1, steps + 1):

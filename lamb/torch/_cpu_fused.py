@@ -3,9 +3,9 @@ r"""The fused CPU step of ``Lamb(fused=True)`` and ``Lars(fused=True)``: a small
 Why not ``torch.compile`` on the CPU: Inductor's kernel for one layer allocates a fresh buffer for the update
 :math:`u` on every call (for the largest BERT-base tensor, 94 MB of new pages each step, unless glibc is
 tuned) and each call of a compiled function costs about 0.1 ms of Python and guards, which for BERT's 199
-tensors alone is 20 ms a step. This kernel takes every layer of a device-and-dtype group in one call, keeps
-no buffer for :math:`u` (pass 2 recomputes it, as DeepSpeed's FusedLamb does) and walks pass 2 backwards so
-that it starts on what pass 1 left in the cache. See ``_cpu_kernel.cpp`` for the arithmetic.
+tensors alone is 20 ms a step. This kernel takes every layer of a dtype in one call, keeps :math:`u` between
+the passes in one buffer that lives as long as the thread (about the size of the largest layer) and walks
+pass 2 backwards so that it starts on what pass 1 left in the cache. See ``_cpu_kernel.cpp``.
 
 The source is compiled with the system's C++ compiler (``$CXX``, else ``g++``/``c++``/``clang++``) and
 OpenMP into ``$LAMB_KERNEL_DIR`` (default ``~/.cache/lamb/kernels``), keyed by a hash of the source, the flags
@@ -35,6 +35,7 @@ _NORM_CODES = {"l1": 0, "l2": 1, "linf": 2}
 _FLOAT_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _lock = threading.Lock()
+_scratch = threading.local()  # per thread: optimizers stepping in different threads never share a buffer
 _library: ctypes.CDLL | None = None
 _error: str | None = None
 
@@ -71,8 +72,9 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("fused=True on the CPU builds a small C++ kernel on first use and found no C++ "
                            "compiler (set $CXX, or install g++); use foreach=True instead")
     # -ffp-contract=off: no fused multiply-adds, so both passes round u alike and the results match the other
-    # paths; -fno-math-errno lets sqrt vectorize.
+    # paths; -fno-math-errno and -fno-trapping-math let sqrt and the selects vectorize (neither changes a value).
     flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
+             "-fno-trapping-math",
              *_isa_flags()]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     source = _SOURCE.read_bytes()
@@ -93,11 +95,14 @@ def _build() -> ctypes.CDLL:
     i64, f64 = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double)
     for suffix in ("f32", "f64"):
         fn = getattr(library, f"lamb_step_{suffix}")
-        fn.argtypes = [ctypes.c_int64, pointers, pointers, pointers, pointers, i64, f64, f64, i64, ctypes.c_void_p]
+        fn.argtypes = [ctypes.c_int64, pointers, pointers, pointers, pointers, i64, f64, f64, i64, ctypes.c_void_p,
+                       i64, ctypes.c_void_p]
         fn.restype = None
         fn = getattr(library, f"lars_step_{suffix}")
-        fn.argtypes = [ctypes.c_int64, pointers, pointers, pointers, i64, f64, i64, ctypes.c_void_p]
+        fn.argtypes = [ctypes.c_int64, pointers, pointers, pointers, i64, f64, i64, ctypes.c_void_p, i64,
+                       ctypes.c_void_p]
         fn.restype = None
+    library.lamb_kernel_parallel_min.restype = ctypes.c_int64
     return library
 
 
@@ -123,12 +128,15 @@ def available() -> bool:
     return True
 
 
-def supports(*tensors: Tensor) -> bool:
-    """Tensors of one layer the kernel can update: CPU, float32 or float64 alike, contiguous."""
-    first = tensors[0]
-    return (first.device.type == "cpu" and first.dtype in _FLOAT_TYPES
-            and all(t.device == first.device and t.dtype == first.dtype and t.is_contiguous()
-                    and t.numel() == first.numel() for t in tensors))
+def supports(first: Tensor, *others: Tensor) -> bool:
+    """Tensors of one layer the kernel can update: CPU, float32 or float64 alike, contiguous, same size."""
+    if not first.is_cpu or first.dtype not in _FLOAT_TYPES or not first.is_contiguous():
+        return False
+    n, dtype = first.numel(), first.dtype
+    for t in others:
+        if not (t.is_cpu and t.dtype == dtype and t.is_contiguous() and t.numel() == n):
+            return False
+    return True
 
 
 def _pointer_array(tensors: list[Tensor]):
@@ -147,21 +155,48 @@ def _lr(lr) -> float:
     return float(lr)  # a float, or a CPU tensor: reading it never synchronizes a device
 
 
+def _scratch_for(library, dtype: torch.dtype, numels: list[int]):
+    """Room for u (pass 1 writes it, pass 2 reads it) and each layer's offset into it.
+
+    Layers the kernel splits over threads (``kParallelMin`` elements or more) run one after another and share
+    offset 0; the smaller ones run concurrently, each in its own range after the largest big layer. The buffer
+    is kept per thread and dtype and only grows: about the size of the model's largest layer (for BERT-base the
+    word embeddings, 94 MB in float32), so that no step pays for fresh pages.
+    """
+    parallel_min = library.lamb_kernel_parallel_min()
+    big = max((n for n in numels if n >= parallel_min), default=0)
+    offsets, total = [], big
+    for n in numels:
+        if n >= parallel_min:
+            offsets.append(0)
+        else:
+            offsets.append(total)
+            total += n
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.numel() < total:
+        buffer = buffers[dtype] = torch.empty(max(total, 1), dtype=dtype)
+    return buffer, offsets
+
+
 def lamb_step(xs, gs, ms, vs, coefficients, *, lr, beta1, beta2, eps, weight_decay, clip_lo, clip_hi, norm,
-              layer_adaptation, maximize) -> Tensor:
+              nesterov, layer_adaptation, maximize) -> Tensor:
     """One LAMB step on layers that :func:`supports` accepts (one dtype); returns the trust ratios (a vector).
 
     ``coefficients`` holds :math:`(a_m, a_g, b_v, b_g)` per layer (see ``_nesterov_coefficients``).
     """
     library = _load()
     dtype = xs[0].dtype
+    numels = [x.numel() for x in xs]
+    scratch, offsets = _scratch_for(library, dtype, numels)
     ratios = torch.empty(len(xs), dtype=dtype)
     fn = getattr(library, f"lamb_step_{_SUFFIX[dtype]}")
-    fn(len(xs), _pointer_array(xs), _pointer_array(gs), _pointer_array(ms), _pointer_array(vs),
-       _int64s([x.numel() for x in xs]), _doubles([c for layer in coefficients for c in layer]),
+    fn(len(xs), _pointer_array(xs), _pointer_array(gs), _pointer_array(ms), _pointer_array(vs), _int64s(numels),
+       _doubles([c for layer in coefficients for c in layer]),
        _doubles([-_lr(lr), beta1, beta2, eps, weight_decay, clip_lo, clip_hi]),
-       _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads()]),
-       ctypes.c_void_p(ratios.data_ptr()))
+       _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
+                int(nesterov is not None)]),
+       ctypes.c_void_p(scratch.data_ptr()), _int64s(offsets), ctypes.c_void_p(ratios.data_ptr()))
     return ratios
 
 
@@ -170,11 +205,13 @@ def lars_step(xs, gs, ms, *, lr, beta1, weight_decay, clip_lo, clip_hi, norm, ne
     """One LARS step on layers that :func:`supports` accepts (one dtype); returns the trust ratios (a vector)."""
     library = _load()
     dtype = xs[0].dtype
+    numels = [x.numel() for x in xs]
+    scratch, offsets = _scratch_for(library, dtype, numels)
     ratios = torch.empty(len(xs), dtype=dtype)
     fn = getattr(library, f"lars_step_{_SUFFIX[dtype]}")
-    fn(len(xs), _pointer_array(xs), _pointer_array(gs), _pointer_array(ms), _int64s([x.numel() for x in xs]),
+    fn(len(xs), _pointer_array(xs), _pointer_array(gs), _pointer_array(ms), _int64s(numels),
        _doubles([-_lr(lr), beta1, weight_decay, clip_lo, clip_hi]),
        _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
                 int(bool(nesterov))]),
-       ctypes.c_void_p(ratios.data_ptr()))
+       ctypes.c_void_p(scratch.data_ptr()), _int64s(offsets), ctypes.c_void_p(ratios.data_ptr()))
     return ratios

@@ -1,17 +1,18 @@
-// The fused CPU step of lamb.torch.Lamb and lamb.torch.Lars: every layer of a group in one call.
+// The fused CPU step of lamb.torch.Lamb and lamb.torch.Lars: every layer of a dtype in one call.
 //
 // Compiled on first use by lamb/torch/_cpu_fused.py (g++ -O3 -fopenmp -ffp-contract=off) and loaded with
-// ctypes; no torch headers, so it builds in about a second. Plain C++: the element-wise arithmetic is written
-// once (lamb_update, lars_update) and used by both passes, so pass 2 recomputes exactly the u of pass 1.
+// ctypes; no torch headers, so it builds in about a second.
 //
 // Why two passes and in which order: the trust ratio needs the whole layer's norms ||x|| and ||u|| before any
-// weight is written (paper, Algorithm 2). Pass 1 updates m and v and reduces the norms; pass 2 recomputes u
-// from the new m, v and the unchanged g, x and writes x (DeepSpeed's layout: no buffer for u). Pass 2 walks
-// each thread's range backwards, so that it starts on the data pass 1 touched last, still in the cache: for
-// every layer that fits in the last-level cache pass 2 costs little memory traffic.
+// weight is written (paper, Algorithm 2). Pass 1 reads g, x, m, v, writes m, v and u (into a scratch buffer
+// the caller keeps) and reduces the norms; pass 2 reads u and x and writes x: 40 bytes per float32 element,
+// the floor of shared/research/implementations.md. Pass 2 walks each thread's range backwards, so that it
+// starts on the data pass 1 touched last, still in the cache. Layers of 32K elements or more are split over the
+// threads; smaller ones are shared out whole.
 //
-// Numerics: element-wise math in the parameter's precision (as torch does), norms accumulated in double in
-// eight lanes per thread (vectorizes without reassociating anything), trust ratio in double.
+// Numerics: element-wise math in the parameter's precision (as torch does), no fused multiply-adds; norms
+// accumulated in double with one partial sum per vector lane and per thread; trust ratio in double.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <omp.h>
@@ -20,46 +21,14 @@ namespace {
 
 enum Norm { L1 = 0, L2 = 1, LINF = 2 };
 
-constexpr int64_t kLanes = 8;
 constexpr int64_t kBlock = 512;           // elements per backwards block of pass 2
 constexpr int64_t kParallelMin = 1 << 15;  // smaller layers run on one thread (parallel region costs ~us)
 constexpr int kMaxThreads = 256;
-
-// torch.lerp: start + w (end - start) for |w| < 0.5, else end - (end - start)(1 - w).
-template <typename T>
-inline T lerp(T start, T end, T w, bool low_weight) {
-  return low_weight ? start + w * (end - start) : end - (end - start) * (T(1) - w);
-}
 
 template <int NORM>
 inline double norm_term(double a) {
   if (NORM == L2) return a * a;
   return std::fabs(a);
-}
-
-template <int NORM>
-inline double combine(double acc, double term) {
-  if (NORM == LINF) return (term > acc || term != term) ? term : acc;  // max that keeps a NaN
-  return acc + term;
-}
-
-template <int NORM>
-inline double finish(double acc) { return NORM == L2 ? std::sqrt(acc) : acc; }
-
-struct Lanes {
-  double x[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
-  double u[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
-};
-
-template <int NORM>
-inline void reduce_lanes(const Lanes& lanes, double* x_acc, double* u_acc) {
-  double x = 0.0, u = 0.0;
-  for (int64_t k = 0; k < kLanes; ++k) {
-    x = combine<NORM>(x, lanes.x[k]);
-    u = combine<NORM>(u, lanes.u[k]);
-  }
-  *x_acc = x;
-  *u_acc = u;
 }
 
 // phi(||x||) / ||u||, and 1 where ||x|| = 0 or ||u|| = 0 (the zero-norm rule of lamb.reference.trust_ratio).
@@ -69,6 +38,7 @@ inline double trust_ratio(double weight_norm, double update_norm, double clip_lo
   return phi / update_norm;
 }
 
+
 // ---------------------------------------------------------------------------------------------------------
 // LAMB: u = m_hat / (sqrt(v_hat) + eps) + lambda x, with m_hat = a_m m + a_g g and v_hat = b_v v + b_g g^2
 // (plain LAMB: a_g = b_g = 0, a_m = 1/(1 - beta1^t), b_v = 1/(1 - beta2^t)).
@@ -76,66 +46,68 @@ inline double trust_ratio(double weight_norm, double update_norm, double clip_lo
 template <typename T>
 struct LambScalars {
   T sign, w1, beta2, one_minus_beta2, eps, weight_decay, a_m, a_g, b_v, b_g;
-  bool low_w1;
+  bool low_w1, nesterov;
 };
 
+// torch.lerp(start, end, w): start + w (end - start) for w < 0.5, else end - (end - start)(1 - w), written
+// as end + (w - 1)(end - start), which rounds identically and lets the choice vectorize as a select.
 template <typename T>
-inline T lamb_update(const LambScalars<T>& s, T x, T g, T m, T v) {
-  T m_hat = s.a_m * m + s.a_g * g;
-  T v_hat = s.b_v * v + s.b_g * g * g;
+inline T lerp(T start, T end, T w, bool low_w) {
+  return (low_w ? start : end) + (low_w ? w : w - T(1)) * (end - start);
+}
+
+// One element: new m and v (m_t = beta1 m + (1 - beta1) g, v_t = beta2 v + (1 - beta2) g^2), and returns u.
+// The scalars are passed by value so that the compiler need not reload them after every store.
+template <typename T, bool NESTEROV>
+inline T lamb_element(const LambScalars<T> s, T x, T g, T* m, T* v) {
+  T mi = lerp(*m, g, s.w1, s.low_w1);
+  T vi = *v * s.beta2 + s.one_minus_beta2 * g * g;
+  *m = mi;
+  *v = vi;
+  T m_hat = NESTEROV ? s.a_m * mi + s.a_g * g : s.a_m * mi;
+  T v_hat = NESTEROV ? s.b_v * vi + s.b_g * g * g : s.b_v * vi;
   return m_hat / (std::sqrt(v_hat) + s.eps) + s.weight_decay * x;
 }
 
-template <typename T>
-inline void lamb_moments(const LambScalars<T>& s, T g, T* m, T* v) {
-  *m = lerp(*m, g, s.w1, s.low_w1);                      // m_t = beta1 m_{t-1} + (1 - beta1) g_t
-  *v = *v * s.beta2 + s.one_minus_beta2 * g * g;         // v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
-}
-
-template <typename T, int NORM>
-void lamb_pass1(const LambScalars<T>& s, T* x, const T* g, T* m, T* v, int64_t lo, int64_t hi, bool adapt,
-                double* x_acc, double* u_acc) {
-  Lanes lanes;
-  int64_t j = lo;
-  for (; j + kLanes <= hi; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      T gi = s.sign * g[j + k], mi = m[j + k], vi = v[j + k];
-      lamb_moments(s, gi, &mi, &vi);
-      m[j + k] = mi;
-      v[j + k] = vi;
-      if (adapt) {
-        T xi = x[j + k];
-        T ui = lamb_update(s, xi, gi, mi, vi);
-        lanes.x[k] = combine<NORM>(lanes.x[k], norm_term<NORM>(xi));
-        lanes.u[k] = combine<NORM>(lanes.u[k], norm_term<NORM>(ui));
-      }
+// Pass 1 of one thread's range: moments, u (kept in u_out for pass 2) and the norms' partial sums (l1, l2) or
+// maxima (linf). `omp simd reduction` keeps one partial per vector lane: the only reassociation anywhere (no
+// -ffast-math), so results depend on the thread count and vector width only through the norms' rounding.
+template <typename T, int NORM, bool ADAPT, bool NESTEROV>
+void lamb_pass1(const LambScalars<T> s, const T* __restrict__ x, const T* __restrict__ g, T* __restrict__ m,
+                T* __restrict__ v, T* __restrict__ u_out, int64_t lo, int64_t hi, double* x_norm, double* u_norm) {
+  double x_acc = 0.0, u_acc = 0.0;
+  if (!ADAPT) {
+#pragma omp simd
+    for (int64_t j = lo; j < hi; ++j) u_out[j] = lamb_element<T, NESTEROV>(s, x[j], s.sign * g[j], m + j, v + j);
+  } else if (NORM == LINF) {
+#pragma omp simd reduction(max : x_acc, u_acc)
+    for (int64_t j = lo; j < hi; ++j) {
+      T u = lamb_element<T, NESTEROV>(s, x[j], s.sign * g[j], m + j, v + j);
+      u_out[j] = u;
+      x_acc = std::max(x_acc, double(std::fabs(x[j])));
+      u_acc = std::max(u_acc, double(std::fabs(u)));
+    }
+  } else {
+#pragma omp simd reduction(+ : x_acc, u_acc)
+    for (int64_t j = lo; j < hi; ++j) {
+      T u = lamb_element<T, NESTEROV>(s, x[j], s.sign * g[j], m + j, v + j);
+      u_out[j] = u;
+      x_acc += norm_term<NORM>(x[j]);
+      u_acc += norm_term<NORM>(u);
     }
   }
-  for (int64_t k = 0; j < hi; ++j, ++k) {
-    T gi = s.sign * g[j], mi = m[j], vi = v[j];
-    lamb_moments(s, gi, &mi, &vi);
-    m[j] = mi;
-    v[j] = vi;
-    if (adapt) {
-      T xi = x[j];
-      T ui = lamb_update(s, xi, gi, mi, vi);
-      lanes.x[k] = combine<NORM>(lanes.x[k], norm_term<NORM>(xi));
-      lanes.u[k] = combine<NORM>(lanes.u[k], norm_term<NORM>(ui));
-    }
-  }
-  reduce_lanes<NORM>(lanes, x_acc, u_acc);
+  *x_norm = x_acc;
+  *u_norm = u_acc;
 }
 
+// Pass 2, for LAMB and LARS: x_{t+1} = x_t - eta r u, backwards over blocks (each block forwards, so that it
+// vectorizes), starting on what pass 1 left in the cache.
 template <typename T>
-void lamb_pass2(const LambScalars<T>& s, T* x, const T* g, const T* m, const T* v, int64_t lo, int64_t hi,
-                T step) {
-  // Backwards over blocks (each block forwards, so that it vectorizes): x_{t+1} = x_t - eta r u.
+void apply_step(T* __restrict__ x, const T* __restrict__ u, int64_t lo, int64_t hi, T step) {
   for (int64_t end = hi; end > lo;) {
     int64_t start = end - kBlock > lo ? end - kBlock : lo;
-    for (int64_t j = start; j < end; ++j) {
-      T ui = lamb_update(s, x[j], s.sign * g[j], m[j], v[j]);
-      x[j] = x[j] + ui * step;
-    }
+#pragma omp simd
+    for (int64_t j = start; j < end; ++j) x[j] = x[j] + u[j] * step;
     end = start;
   }
 }
@@ -150,50 +122,40 @@ struct LarsScalars {
   bool low_w1, nesterov;
 };
 
-template <typename T>
-inline T lars_update(const LarsScalars<T>& s, T d, T m) { return s.nesterov ? lerp(m, d, s.w1, s.low_w1) : m; }
-
-template <typename T, int NORM>
-void lars_pass1(const LarsScalars<T>& s, T* x, const T* g, T* m, int64_t lo, int64_t hi, bool adapt,
-                double* x_acc, double* u_acc) {
-  Lanes lanes;
-  int64_t j = lo;
-  for (; j + kLanes <= hi; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      T xi = x[j + k];
-      T d = s.sign * g[j + k] + s.weight_decay * xi;
-      T mi = lerp(m[j + k], d, s.w1, s.low_w1);
-      m[j + k] = mi;
-      if (adapt) {
-        lanes.x[k] = combine<NORM>(lanes.x[k], norm_term<NORM>(xi));
-        lanes.u[k] = combine<NORM>(lanes.u[k], norm_term<NORM>(lars_update(s, d, mi)));
-      }
-    }
-  }
-  for (int64_t k = 0; j < hi; ++j, ++k) {
-    T xi = x[j];
-    T d = s.sign * g[j] + s.weight_decay * xi;
-    T mi = lerp(m[j], d, s.w1, s.low_w1);
-    m[j] = mi;
-    if (adapt) {
-      lanes.x[k] = combine<NORM>(lanes.x[k], norm_term<NORM>(xi));
-      lanes.u[k] = combine<NORM>(lanes.u[k], norm_term<NORM>(lars_update(s, d, mi)));
-    }
-  }
-  reduce_lanes<NORM>(lanes, x_acc, u_acc);
+template <typename T, bool NESTEROV>
+inline T lars_element(const LarsScalars<T> s, T x, T g, T* m) {
+  T d = s.sign * g + s.weight_decay * x;
+  T mi = lerp(*m, d, s.w1, s.low_w1);
+  *m = mi;
+  return NESTEROV ? lerp(mi, d, s.w1, s.low_w1) : mi;
 }
 
-template <typename T>
-void lars_pass2(const LarsScalars<T>& s, T* x, const T* g, const T* m, int64_t lo, int64_t hi, T step) {
-  for (int64_t end = hi; end > lo;) {
-    int64_t start = end - kBlock > lo ? end - kBlock : lo;
-    for (int64_t j = start; j < end; ++j) {
-      T xi = x[j];
-      T d = s.sign * g[j] + s.weight_decay * xi;
-      x[j] = xi + lars_update(s, d, m[j]) * step;
+template <typename T, int NORM, bool ADAPT, bool NESTEROV>
+void lars_pass1(const LarsScalars<T> s, const T* __restrict__ x, const T* __restrict__ g, T* __restrict__ m,
+                T* __restrict__ u_out, int64_t lo, int64_t hi, double* x_norm, double* u_norm) {
+  double x_acc = 0.0, u_acc = 0.0;
+  if (!ADAPT) {
+#pragma omp simd
+    for (int64_t j = lo; j < hi; ++j) u_out[j] = lars_element<T, NESTEROV>(s, x[j], g[j], m + j);
+  } else if (NORM == LINF) {
+#pragma omp simd reduction(max : x_acc, u_acc)
+    for (int64_t j = lo; j < hi; ++j) {
+      T u = lars_element<T, NESTEROV>(s, x[j], g[j], m + j);
+      u_out[j] = u;
+      x_acc = std::max(x_acc, double(std::fabs(x[j])));
+      u_acc = std::max(u_acc, double(std::fabs(u)));
     }
-    end = start;
+  } else {
+#pragma omp simd reduction(+ : x_acc, u_acc)
+    for (int64_t j = lo; j < hi; ++j) {
+      T u = lars_element<T, NESTEROV>(s, x[j], g[j], m + j);
+      u_out[j] = u;
+      x_acc += norm_term<NORM>(x[j]);
+      u_acc += norm_term<NORM>(u);
+    }
   }
+  *x_norm = x_acc;
+  *u_norm = u_acc;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -267,72 +229,82 @@ void group_step(int64_t layers, const int64_t* numel, int threads, LayerFn layer
     if (numel[i] < kParallelMin) layer(i, 1);
 }
 
+// Pass 1 with the norm, layer adaptation on/off and Nesterov on/off known at compile time: each its own loop.
+template <template <typename, int, bool, bool> class Pass1, typename T, typename... Args>
+void dispatch_pass1(int norm, bool adapt, bool nesterov, Args... args) {
+  if (nesterov) {
+    if (!adapt) return Pass1<T, L2, false, true>::run(args...);
+    if (norm == L1) return Pass1<T, L1, true, true>::run(args...);
+    if (norm == L2) return Pass1<T, L2, true, true>::run(args...);
+    return Pass1<T, LINF, true, true>::run(args...);
+  }
+  if (!adapt) return Pass1<T, L2, false, false>::run(args...);
+  if (norm == L1) return Pass1<T, L1, true, false>::run(args...);
+  if (norm == L2) return Pass1<T, L2, true, false>::run(args...);
+  return Pass1<T, LINF, true, false>::run(args...);
+}
+
+template <typename T, int NORM, bool ADAPT, bool NESTEROV>
+struct LambPass1 {
+  static void run(LambScalars<T> s, const T* x, const T* g, T* m, T* v, T* u, int64_t lo, int64_t hi, double* a,
+                  double* b) {
+    lamb_pass1<T, NORM, ADAPT, NESTEROV>(s, x, g, m, v, u, lo, hi, a, b);
+  }
+};
+
+template <typename T, int NORM, bool ADAPT, bool NESTEROV>
+struct LarsPass1 {
+  static void run(LarsScalars<T> s, const T* x, const T* g, T* m, T* u, int64_t lo, int64_t hi, double* a,
+                  double* b) {
+    lars_pass1<T, NORM, ADAPT, NESTEROV>(s, x, g, m, u, lo, hi, a, b);
+  }
+};
+
+// scratch: room for u, where layer i uses scratch + offsets[i] (the caller gives concurrent layers disjoint
+// ranges: every layer of kParallelMin elements or more starts at 0, the smaller ones one after another).
 template <typename T>
 void lamb_group(int64_t layers, T** x, T** g, T** m, T** v, const int64_t* numel, const double* coefficients,
-                const double* hyper, const int64_t* flags, T* ratios) {
-  // hyper: neg_lr, beta1, beta2, eps, weight_decay, clip_lo, clip_hi; flags: norm, adapt, maximize, threads
-  // coefficients: a_m, a_g, b_v, b_g per layer.
+                const double* hyper, const int64_t* flags, T* scratch, const int64_t* offsets, T* ratios) {
+  // hyper: neg_lr, beta1, beta2, eps, weight_decay, clip_lo, clip_hi;
+  // flags: norm, adapt, maximize, threads, nesterov; coefficients: a_m, a_g, b_v, b_g per layer.
   const double neg_lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2];
   const int norm = int(flags[0]), threads = int(flags[3]);
-  const bool adapt = flags[1] != 0;
+  const bool adapt = flags[1] != 0, nesterov = flags[4] != 0;
   auto layer = [&](int64_t i, int layer_threads) {
     const double* c = coefficients + 4 * i;
-    LambScalars<T> s{T(flags[2] ? -1 : 1), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(hyper[3]), T(hyper[4]),
-                     T(c[0]), T(c[1]), T(c[2]), T(c[3]), std::fabs(1.0 - beta1) < 0.5};
-    T *xi = x[i], *mi = m[i], *vi = v[i];
+    const LambScalars<T> s{T(flags[2] ? -1 : 1), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(hyper[3]),
+                           T(hyper[4]), T(c[0]), T(c[1]), T(c[2]), T(c[3]), std::fabs(1.0 - beta1) < 0.5,
+                           nesterov};
+    T *xi = x[i], *mi = m[i], *vi = v[i], *ui = scratch + offsets[i];
     const T* gi = g[i];
-    auto pass2 = [&](int64_t lo, int64_t hi, double step) { lamb_pass2<T>(s, xi, gi, mi, vi, lo, hi, T(step)); };
-    double r;
-    if (norm == L1)
-      r = layer_step(numel[i], layer_threads, adapt, norm, hyper[5], hyper[6], neg_lr,
-                     [&](int64_t lo, int64_t hi, double* a, double* b) {
-                       lamb_pass1<T, L1>(s, xi, gi, mi, vi, lo, hi, adapt, a, b);
-                     }, pass2);
-    else if (norm == L2)
-      r = layer_step(numel[i], layer_threads, adapt, norm, hyper[5], hyper[6], neg_lr,
-                     [&](int64_t lo, int64_t hi, double* a, double* b) {
-                       lamb_pass1<T, L2>(s, xi, gi, mi, vi, lo, hi, adapt, a, b);
-                     }, pass2);
-    else
-      r = layer_step(numel[i], layer_threads, adapt, norm, hyper[5], hyper[6], neg_lr,
-                     [&](int64_t lo, int64_t hi, double* a, double* b) {
-                       lamb_pass1<T, LINF>(s, xi, gi, mi, vi, lo, hi, adapt, a, b);
-                     }, pass2);
-    ratios[i] = T(r);
+    ratios[i] = T(layer_step(
+        numel[i], layer_threads, adapt, norm, hyper[5], hyper[6], neg_lr,
+        [&](int64_t lo, int64_t hi, double* a, double* b) {
+          dispatch_pass1<LambPass1, T>(norm, adapt, nesterov, s, xi, gi, mi, vi, ui, lo, hi, a, b);
+        },
+        [&](int64_t lo, int64_t hi, double step) { apply_step<T>(xi, ui, lo, hi, T(step)); }));
   };
   group_step(layers, numel, threads, layer);
 }
 
 template <typename T>
 void lars_group(int64_t layers, T** x, T** g, T** m, const int64_t* numel, const double* hyper,
-                const int64_t* flags, T* ratios) {
+                const int64_t* flags, T* scratch, const int64_t* offsets, T* ratios) {
   // hyper: neg_lr, beta1, weight_decay, clip_lo, clip_hi; flags: norm, adapt, maximize, threads, nesterov
   const double neg_lr = hyper[0], beta1 = hyper[1];
   const int norm = int(flags[0]), threads = int(flags[3]);
-  const bool adapt = flags[1] != 0;
-  LarsScalars<T> s{T(flags[2] ? -1 : 1), T(1.0 - beta1), T(hyper[2]), std::fabs(1.0 - beta1) < 0.5,
-                   flags[4] != 0};
+  const bool adapt = flags[1] != 0, nesterov = flags[4] != 0;
+  const LarsScalars<T> s{T(flags[2] ? -1 : 1), T(1.0 - beta1), T(hyper[2]), std::fabs(1.0 - beta1) < 0.5,
+                         nesterov};
   auto layer = [&](int64_t i, int layer_threads) {
-    T *xi = x[i], *mi = m[i];
+    T *xi = x[i], *mi = m[i], *ui = scratch + offsets[i];
     const T* gi = g[i];
-    auto pass2 = [&](int64_t lo, int64_t hi, double step) { lars_pass2<T>(s, xi, gi, mi, lo, hi, T(step)); };
-    double r;
-    if (norm == L1)
-      r = layer_step(numel[i], layer_threads, adapt, norm, hyper[3], hyper[4], neg_lr,
-                     [&](int64_t lo, int64_t hi, double* a, double* b) {
-                       lars_pass1<T, L1>(s, xi, gi, mi, lo, hi, adapt, a, b);
-                     }, pass2);
-    else if (norm == L2)
-      r = layer_step(numel[i], layer_threads, adapt, norm, hyper[3], hyper[4], neg_lr,
-                     [&](int64_t lo, int64_t hi, double* a, double* b) {
-                       lars_pass1<T, L2>(s, xi, gi, mi, lo, hi, adapt, a, b);
-                     }, pass2);
-    else
-      r = layer_step(numel[i], layer_threads, adapt, norm, hyper[3], hyper[4], neg_lr,
-                     [&](int64_t lo, int64_t hi, double* a, double* b) {
-                       lars_pass1<T, LINF>(s, xi, gi, mi, lo, hi, adapt, a, b);
-                     }, pass2);
-    ratios[i] = T(r);
+    ratios[i] = T(layer_step(
+        numel[i], layer_threads, adapt, norm, hyper[3], hyper[4], neg_lr,
+        [&](int64_t lo, int64_t hi, double* a, double* b) {
+          dispatch_pass1<LarsPass1, T>(norm, adapt, nesterov, s, xi, gi, mi, ui, lo, hi, a, b);
+        },
+        [&](int64_t lo, int64_t hi, double step) { apply_step<T>(xi, ui, lo, hi, T(step)); }));
   };
   group_step(layers, numel, threads, layer);
 }
@@ -341,26 +313,28 @@ void lars_group(int64_t layers, T** x, T** g, T** m, const int64_t* numel, const
 
 extern "C" {
 
-int lamb_kernel_version() { return 1; }
+int64_t lamb_kernel_parallel_min() { return kParallelMin; }
 
 void lamb_step_f32(int64_t layers, float** x, float** g, float** m, float** v, const int64_t* numel,
-                   const double* coefficients, const double* hyper, const int64_t* flags, float* ratios) {
-  lamb_group<float>(layers, x, g, m, v, numel, coefficients, hyper, flags, ratios);
+                   const double* coefficients, const double* hyper, const int64_t* flags, float* scratch,
+                   const int64_t* offsets, float* ratios) {
+  lamb_group<float>(layers, x, g, m, v, numel, coefficients, hyper, flags, scratch, offsets, ratios);
 }
 
 void lamb_step_f64(int64_t layers, double** x, double** g, double** m, double** v, const int64_t* numel,
-                   const double* coefficients, const double* hyper, const int64_t* flags, double* ratios) {
-  lamb_group<double>(layers, x, g, m, v, numel, coefficients, hyper, flags, ratios);
+                   const double* coefficients, const double* hyper, const int64_t* flags, double* scratch,
+                   const int64_t* offsets, double* ratios) {
+  lamb_group<double>(layers, x, g, m, v, numel, coefficients, hyper, flags, scratch, offsets, ratios);
 }
 
 void lars_step_f32(int64_t layers, float** x, float** g, float** m, const int64_t* numel, const double* hyper,
-                   const int64_t* flags, float* ratios) {
-  lars_group<float>(layers, x, g, m, numel, hyper, flags, ratios);
+                   const int64_t* flags, float* scratch, const int64_t* offsets, float* ratios) {
+  lars_group<float>(layers, x, g, m, numel, hyper, flags, scratch, offsets, ratios);
 }
 
 void lars_step_f64(int64_t layers, double** x, double** g, double** m, const int64_t* numel, const double* hyper,
-                   const int64_t* flags, double* ratios) {
-  lars_group<double>(layers, x, g, m, numel, hyper, flags, ratios);
+                   const int64_t* flags, double* scratch, const int64_t* offsets, double* ratios) {
+  lars_group<double>(layers, x, g, m, numel, hyper, flags, scratch, offsets, ratios);
 }
 
 }  // extern "C"

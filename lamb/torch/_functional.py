@@ -209,14 +209,14 @@ def _nesterov_coefficients(t, p1_t, beta1, beta2, nesterov, momentum_decay, bias
 
 
 def _advance_counters(state_steps, mu_products, beta1, nesterov, momentum_decay) -> list[float]:
-    """t <- t + 1 for every layer (host tensors); P1(t) <- P1(t-1) beta1_t for the Nesterov variants."""
-    steps = []
-    for i, step_t in enumerate(state_steps):
-        step_t += 1
-        t = float(step_t)  # a host tensor: no device sync
-        steps.append(t)
-        if nesterov is not None:
-            mu_products[i] *= momentum_schedule(beta1, t, momentum_decay)
+    """t <- t + 1 for every layer (host tensors); P1(t) <- P1(t-1) beta1_t for the Nesterov variants.
+
+    One foreach op for all the layers, then a read of each host tensor (no device sync: they live on the CPU).
+    """
+    torch._foreach_add_(state_steps, 1)
+    steps = [t.item() for t in state_steps]
+    if nesterov is not None:
+        torch._foreach_mul_(mu_products, [momentum_schedule(beta1, t, momentum_decay) for t in steps])
     return steps
 
 
@@ -443,24 +443,25 @@ def _fused_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_products, 
                 maximize) -> list[Tensor]:
     _check_fused(params)
     steps = _advance_counters(state_steps, mu_products, beta1, nesterov, momentum_decay)
+    mus = [mu.item() for mu in mu_products] if nesterov else [None] * len(params)
     clip_lo, clip_hi = (0.0, math.inf) if trust_clip is None else trust_clip  # clamp(z, 0, inf) = z for norms
-    options = dict(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, clip_lo=clip_lo,
-                   clip_hi=clip_hi, norm=norm, layer_adaptation=layer_adaptation, maximize=maximize)
-    coefficients = [_lamb_coefficients(steps[i], mu_products[i] if nesterov else None, beta1=beta1, beta2=beta2,
-                                       nesterov=nesterov, momentum_decay=momentum_decay,
-                                       bias_correction=bias_correction) for i in range(len(params))]
+    known: dict = {}  # the layers of a model usually share t (and P1(t)): compute their coefficients once
+
+    def coefficients(i):
+        key = (steps[i], mus[i])
+        if key not in known:
+            known[key] = _lamb_coefficients(steps[i], mus[i], beta1=beta1, beta2=beta2, nesterov=nesterov,
+                                            momentum_decay=momentum_decay, bias_correction=bias_correction)
+        return known[key]
+
     ratios: list = [None] * len(params)
-    native: dict[torch.dtype, list[int]] = {}
-    flat = []
-    for i, (x, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        flat.append(_flat(x, g, m, v))
-        if x.numel() == 0:  # nothing to update; the trust ratio of an empty layer is 1
-            ratios[i] = torch.ones((), dtype=m.dtype, device=m.device)
-        elif _cpu_fused.supports(*flat[i]):
-            native.setdefault(x.dtype, []).append(i)
+    native, layers = _native_layers(ratios, params, grads, exp_avgs, exp_avg_sqs)
     for indices in native.values():  # the C++ kernel: every CPU float32/float64 layer of a dtype in one call
-        xs, gs, ms, vs = (list(ts) for ts in zip(*(flat[i] for i in indices)))
-        group_ratios = _cpu_fused.lamb_step(xs, gs, ms, vs, [coefficients[i] for i in indices], lr=lr, **options)
+        xs, gs, ms, vs = (list(ts) for ts in zip(*(layers[i] for i in indices)))
+        group_ratios = _cpu_fused.lamb_step(
+            xs, gs, ms, vs, [coefficients(i) for i in indices], lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+            weight_decay=weight_decay, clip_lo=clip_lo, clip_hi=clip_hi, norm=norm, nesterov=nesterov,
+            layer_adaptation=layer_adaptation, maximize=maximize)
         for i, rho in zip(indices, group_ratios.unbind()):
             ratios[i] = rho
     rest = [i for i in range(len(params)) if ratios[i] is None]
@@ -468,11 +469,33 @@ def _fused_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_products, 
         kernel = _compiled(_lamb_layer_kernel)
         with _recompile_limit():
             for i in rest:
-                a_m, a_g, b_v, b_g = coefficients[i]
-                xf, gf, mf, vf = flat[i]
+                a_m, a_g, b_v, b_g = coefficients(i)
+                xf, gf, mf, vf = layers[i]
                 ratios[i] = kernel(xf, gf, mf, vf, _neg_lr(lr, xf.device), beta1, beta2, eps, weight_decay, a_m,
                                    a_g, b_v, b_g, clip_lo, clip_hi, nesterov, norm, layer_adaptation, maximize)
     return ratios
+
+
+def _native_layers(ratios, *tensor_lists):
+    """Sort the layers of a fused step: ({dtype: indices} for the C++ kernel, the layers' tensors).
+
+    Empty layers get their trust ratio (1) in ``ratios`` now. Contiguous CPU layers go to the kernel as they
+    are; others are flattened first (a transposed but dense layer becomes a contiguous view) and go to the
+    kernel if that made them contiguous, else to the ``torch.compile`` kernel.
+    """
+    native: dict[torch.dtype, list[int]] = {}
+    layers = []
+    for i, layer in enumerate(zip(*tensor_lists)):
+        if layer[-1].numel() == 0:  # nothing to update; the trust ratio of an empty layer is 1
+            ratios[i] = torch.ones((), dtype=layer[-1].dtype, device=layer[-1].device)
+        elif _cpu_fused.supports(*layer):
+            native.setdefault(layer[0].dtype, []).append(i)
+        else:
+            layer = _flat(*layer)
+            if _cpu_fused.supports(*layer):
+                native.setdefault(layer[0].dtype, []).append(i)
+        layers.append(layer)
+    return native, layers
 
 
 def _lamb_coefficients(t, mu_product, *, beta1, beta2, nesterov, momentum_decay, bias_correction):
@@ -578,16 +601,9 @@ def _fused_lars(params, grads, momenta, *, lr, beta1, weight_decay, norm, trust_
     _check_fused(params)
     clip_lo, clip_hi = (0.0, math.inf) if trust_clip is None else trust_clip
     ratios: list = [None] * len(params)
-    native: dict[torch.dtype, list[int]] = {}
-    flat = []
-    for i, (x, g, m) in enumerate(zip(params, grads, momenta)):
-        flat.append(_flat(x, g, m))
-        if x.numel() == 0:
-            ratios[i] = torch.ones((), dtype=m.dtype, device=m.device)
-        elif _cpu_fused.supports(*flat[i]):
-            native.setdefault(x.dtype, []).append(i)
+    native, layers = _native_layers(ratios, params, grads, momenta)
     for indices in native.values():
-        xs, gs, ms = (list(ts) for ts in zip(*(flat[i] for i in indices)))
+        xs, gs, ms = (list(ts) for ts in zip(*(layers[i] for i in indices)))
         group_ratios = _cpu_fused.lars_step(xs, gs, ms, lr=lr, beta1=beta1, weight_decay=weight_decay,
                                             clip_lo=clip_lo, clip_hi=clip_hi, norm=norm, nesterov=nesterov,
                                             layer_adaptation=layer_adaptation, maximize=maximize)
@@ -598,7 +614,7 @@ def _fused_lars(params, grads, momenta, *, lr, beta1, weight_decay, norm, trust_
         kernel = _compiled(_lars_layer_kernel)
         with _recompile_limit():
             for i in rest:
-                xf, gf, mf = flat[i]
+                xf, gf, mf = layers[i]
                 ratios[i] = kernel(xf, gf, mf, _neg_lr(lr, xf.device), beta1, weight_decay, clip_lo, clip_hi,
                                    bool(nesterov), norm, layer_adaptation, maximize)
     return ratios
