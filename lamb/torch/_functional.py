@@ -339,6 +339,24 @@ def _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_pro
     return ratios
 
 
+def _layer_step(x, xc, u, neg_lr, clip_lo, clip_hi, norm: str, layer_adaptation: bool):
+    """x <- x - eta rho u with the layer's trust ratio rho (1 without layer adaptation); returns rho.
+
+    Traced into the compiled kernels below (pass 2 of the step).
+    """
+    if layer_adaptation:
+        order = _NORM_ORD[norm]
+        weight_norm = torch.linalg.vector_norm(xc, order)
+        update_norm = torch.linalg.vector_norm(u, order)
+        phi = weight_norm.clamp(clip_lo, clip_hi)
+        usable = (weight_norm > 0) & (update_norm > 0)
+        trust_ratio = torch.where(usable, phi / torch.where(usable, update_norm, 1.0), 1.0)
+    else:
+        trust_ratio = torch.ones((), dtype=u.dtype, device=u.device)
+    x.copy_(xc + u * (trust_ratio * neg_lr))
+    return trust_ratio
+
+
 def _lamb_layer_kernel(x, g, m, v, neg_lr, beta1, beta2, eps, weight_decay, a_m, a_g, b_v, b_g, clip_lo, clip_hi,
                        nesterov: str | None, norm: str, layer_adaptation: bool, maximize: bool):
     """One layer's LAMB step, written for torch.compile: two passes (moments and norms; then x)."""
@@ -354,17 +372,7 @@ def _lamb_layer_kernel(x, g, m, v, neg_lr, beta1, beta2, eps, weight_decay, a_m,
         v_hat = v * b_v
     m_hat = m * a_m + gc * a_g if nesterov is not None else m * a_m
     u = m_hat / (v_hat.sqrt() + eps) + weight_decay * xc
-    if layer_adaptation:
-        order = _NORM_ORD[norm]
-        weight_norm = torch.linalg.vector_norm(xc, order)
-        update_norm = torch.linalg.vector_norm(u, order)
-        phi = weight_norm.clamp(clip_lo, clip_hi)
-        usable = (weight_norm > 0) & (update_norm > 0)
-        trust_ratio = torch.where(usable, phi / torch.where(usable, update_norm, 1.0), 1.0)
-    else:
-        trust_ratio = torch.ones((), dtype=m.dtype, device=m.device)
-    x.copy_(xc + u * (trust_ratio * neg_lr))
-    return trust_ratio
+    return _layer_step(x, xc, u, neg_lr, clip_lo, clip_hi, norm, layer_adaptation)
 
 
 def _lars_layer_kernel(x, g, m, neg_lr, beta1, weight_decay, clip_lo, clip_hi, nesterov: bool, norm: str,
@@ -377,17 +385,7 @@ def _lars_layer_kernel(x, g, m, neg_lr, beta1, weight_decay, clip_lo, clip_hi, n
     d = gc + weight_decay * xc
     m.lerp_(d, 1 - beta1)
     u = torch.lerp(m, d, 1 - beta1) if nesterov else m
-    if layer_adaptation:
-        order = _NORM_ORD[norm]
-        weight_norm = torch.linalg.vector_norm(xc, order)
-        update_norm = torch.linalg.vector_norm(u, order)
-        phi = weight_norm.clamp(clip_lo, clip_hi)
-        usable = (weight_norm > 0) & (update_norm > 0)
-        trust_ratio = torch.where(usable, phi / torch.where(usable, update_norm, 1.0), 1.0)
-    else:
-        trust_ratio = torch.ones((), dtype=m.dtype, device=m.device)
-    x.copy_(xc + u * (trust_ratio * neg_lr))
-    return trust_ratio
+    return _layer_step(x, xc, u, neg_lr, clip_lo, clip_hi, norm, layer_adaptation)
 
 
 _COMPILED: dict[str, object] = {}
