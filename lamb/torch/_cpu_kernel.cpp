@@ -11,7 +11,8 @@
 // threads; smaller ones are shared out whole.
 //
 // Numerics: element-wise math in the parameter's precision (as torch does), no fused multiply-adds; norms
-// accumulated in double with one partial sum per vector lane and per thread; trust ratio in double.
+// summed in the parameter's precision within blocks of 512 elements (one partial per vector lane), the blocks
+// and the threads' parts in double; trust ratio in double.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -25,8 +26,8 @@ constexpr int64_t kBlock = 512;           // elements per backwards block of pas
 constexpr int64_t kParallelMin = 1 << 15;  // smaller layers run on one thread (parallel region costs ~us)
 constexpr int kMaxThreads = 256;
 
-template <int NORM>
-inline double norm_term(double a) {
+template <typename T, int NORM>
+inline T norm_term(T a) {
   if (NORM == L2) return a * a;
   return std::fabs(a);
 }
@@ -80,20 +81,30 @@ void lamb_pass1(const LambScalars<T> s, const T* __restrict__ x, const T* __rest
 #pragma omp simd
     for (int64_t j = lo; j < hi; ++j) u_out[j] = lamb_element<T, NESTEROV>(s, x[j], s.sign * g[j], m + j, v + j);
   } else if (NORM == LINF) {
-#pragma omp simd reduction(max : x_acc, u_acc)
+    T x_max = 0, u_max = 0;
+#pragma omp simd reduction(max : x_max, u_max)
     for (int64_t j = lo; j < hi; ++j) {
       T u = lamb_element<T, NESTEROV>(s, x[j], s.sign * g[j], m + j, v + j);
       u_out[j] = u;
-      x_acc = std::max(x_acc, double(std::fabs(x[j])));
-      u_acc = std::max(u_acc, double(std::fabs(u)));
+      x_max = std::max(x_max, T(std::fabs(x[j])));
+      u_max = std::max(u_max, T(std::fabs(u)));
     }
+    x_acc = x_max;
+    u_acc = u_max;
   } else {
-#pragma omp simd reduction(+ : x_acc, u_acc)
-    for (int64_t j = lo; j < hi; ++j) {
-      T u = lamb_element<T, NESTEROV>(s, x[j], s.sign * g[j], m + j, v + j);
-      u_out[j] = u;
-      x_acc += norm_term<NORM>(x[j]);
-      u_acc += norm_term<NORM>(u);
+    // Sums in the parameter's precision over blocks of kBlock elements (lane-wise), blocks added in double.
+    for (int64_t start = lo; start < hi; start += kBlock) {
+      const int64_t end = start + kBlock < hi ? start + kBlock : hi;
+      T x_block = 0, u_block = 0;
+#pragma omp simd reduction(+ : x_block, u_block)
+      for (int64_t j = start; j < end; ++j) {
+        T u = lamb_element<T, NESTEROV>(s, x[j], s.sign * g[j], m + j, v + j);
+        u_out[j] = u;
+        x_block += norm_term<T, NORM>(x[j]);
+        u_block += norm_term<T, NORM>(u);
+      }
+      x_acc += x_block;
+      u_acc += u_block;
     }
   }
   *x_norm = x_acc;
@@ -138,20 +149,30 @@ void lars_pass1(const LarsScalars<T> s, const T* __restrict__ x, const T* __rest
 #pragma omp simd
     for (int64_t j = lo; j < hi; ++j) u_out[j] = lars_element<T, NESTEROV>(s, x[j], g[j], m + j);
   } else if (NORM == LINF) {
-#pragma omp simd reduction(max : x_acc, u_acc)
+    T x_max = 0, u_max = 0;
+#pragma omp simd reduction(max : x_max, u_max)
     for (int64_t j = lo; j < hi; ++j) {
       T u = lars_element<T, NESTEROV>(s, x[j], g[j], m + j);
       u_out[j] = u;
-      x_acc = std::max(x_acc, double(std::fabs(x[j])));
-      u_acc = std::max(u_acc, double(std::fabs(u)));
+      x_max = std::max(x_max, T(std::fabs(x[j])));
+      u_max = std::max(u_max, T(std::fabs(u)));
     }
+    x_acc = x_max;
+    u_acc = u_max;
   } else {
-#pragma omp simd reduction(+ : x_acc, u_acc)
-    for (int64_t j = lo; j < hi; ++j) {
-      T u = lars_element<T, NESTEROV>(s, x[j], g[j], m + j);
-      u_out[j] = u;
-      x_acc += norm_term<NORM>(x[j]);
-      u_acc += norm_term<NORM>(u);
+    // Sums in the parameter's precision over blocks of kBlock elements (lane-wise), blocks added in double.
+    for (int64_t start = lo; start < hi; start += kBlock) {
+      const int64_t end = start + kBlock < hi ? start + kBlock : hi;
+      T x_block = 0, u_block = 0;
+#pragma omp simd reduction(+ : x_block, u_block)
+      for (int64_t j = start; j < end; ++j) {
+        T u = lars_element<T, NESTEROV>(s, x[j], g[j], m + j);
+        u_out[j] = u;
+        x_block += norm_term<T, NORM>(x[j]);
+        u_block += norm_term<T, NORM>(u);
+      }
+      x_acc += x_block;
+      u_acc += u_block;
     }
   }
   *x_norm = x_acc;
