@@ -200,8 +200,9 @@ def test_maximize_is_descent_on_the_negated_gradient(path):
 
 
 # Layers big enough for the fused CPU kernel to split them over threads (and sizes that leave tails), on one
-# and two threads: the split changes only the order of the norms' sums.
-BIG_SHAPES = [(301, 401), (70001,), (5,), (33000,)]
+# and two threads: the split changes only the order of the norms' sums. The last two (4 MB and more in float32)
+# take the kernel's streaming stores for u, with and without layer adaptation.
+BIG_SHAPES = [(301, 401), (70001,), (5,), (33000,), (1050001,), (1024, 1031)]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -210,7 +211,7 @@ def test_fused_cpu_kernel_on_big_layers(norm, threads):
     rng = np.random.default_rng(5)
     x0 = [rng.standard_normal(s) for s in BIG_SHAPES]
     grads = [[10.0 ** rng.uniform(-2, 1) * rng.standard_normal(s) for s in BIG_SHAPES] for _ in range(5)]
-    masks = ([True, True, False, True], [True, True, False, True])
+    masks = ([True, True, False, True, True, True], [True, True, False, True, True, False])
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
