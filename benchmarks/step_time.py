@@ -21,7 +21,6 @@ import argparse
 import gc
 import importlib
 import importlib.util
-import os
 import statistics
 import sys
 import time
@@ -31,20 +30,7 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 from lamb.torch import Lamb  # noqa: E402
-
-
-def bert_base_shapes(layers: int = 12, vocab: int = 30522, hidden: int = 768, intermediate: int = 3072,
-                     positions: int = 512) -> list[tuple[int, ...]]:
-    """Parameter shapes of BERT-base (Devlin et al. 2019) in the order of Hugging Face's BertModel."""
-    shapes = [(vocab, hidden), (positions, hidden), (2, hidden), (hidden,), (hidden,)]
-    for _ in range(layers):
-        for _ in range(3):                                      # query, key, value
-            shapes += [(hidden, hidden), (hidden,)]
-        shapes += [(hidden, hidden), (hidden,), (hidden,), (hidden,)]              # attention output, LayerNorm
-        shapes += [(intermediate, hidden), (intermediate,)]                        # intermediate
-        shapes += [(hidden, intermediate), (hidden,), (hidden,), (hidden,)]        # output, LayerNorm
-    shapes += [(hidden, hidden), (hidden,)]                     # pooler
-    return shapes
+from _common import bert_base_shapes, tune_malloc  # noqa: E402  (this folder is sys.path[0])
 
 
 def load_timm_lamb():
@@ -110,12 +96,6 @@ def time_steps(opt, warmup: int, steps: int) -> tuple[float, list[float]]:
     return first, times
 
 
-# glibc hands blocks over 32 MB straight back to the kernel, so every foreach step re-faults its temporaries
-# (the word-embedding tensor alone is 94 MB) page by page; on a VM that costs more than the arithmetic and
-# varies from run to run. These keep freed memory in the process, for every optimizer alike.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -126,10 +106,9 @@ def main(argv=None) -> None:
                         help="interleaved rounds: each optimizer is timed once per round (default 3)")
     parser.add_argument("--only", nargs="*", default=None, help="run optimizers whose name starts with these")
     parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="keep glibc's default mmap threshold (see MALLOC_ENV)")
+                        help="keep glibc's default mmap threshold (see _common.MALLOC_ENV)")
     args = parser.parse_args(argv)
-    if not args.no_malloc_tuning and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    malloc_line = tune_malloc(not args.no_malloc_tuning)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -142,8 +121,7 @@ def main(argv=None) -> None:
           f"{numel / 1e6:.1f}M fp32 parameters; median of {args.rounds} rounds x {args.steps} steps, each round "
           f"after {args.warmup} warm-up steps")
 
-    print("malloc tuning: " + ("off" if args.no_malloc_tuning else
-                               ", ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())))
+    print(malloc_line)
     chosen = [(name, factory) for name, factory in candidates()
               if not args.only or any(name.lower().startswith(o.lower()) for o in args.only)]
     # Rounds interleave the optimizers, so that a slow spell of a shared machine hits all of them alike;

@@ -20,7 +20,6 @@ variants at most 1.15x.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -33,21 +32,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lamb import jax as lj  # noqa: E402
-
-
-def bert_base_shapes(layers: int = 12, vocab: int = 30522, hidden: int = 768, intermediate: int = 3072,
-                     positions: int = 512) -> list[tuple[int, ...]]:
-    """Parameter shapes of BERT-base (Devlin et al. 2019) in the order of Hugging Face's BertModel
-    (the same list as ``benchmarks/step_time.py``)."""
-    shapes = [(vocab, hidden), (positions, hidden), (2, hidden), (hidden,), (hidden,)]
-    for _ in range(layers):
-        for _ in range(3):                                      # query, key, value
-            shapes += [(hidden, hidden), (hidden,)]
-        shapes += [(hidden, hidden), (hidden,), (hidden,), (hidden,)]              # attention output, LayerNorm
-        shapes += [(intermediate, hidden), (intermediate,)]                        # intermediate
-        shapes += [(hidden, intermediate), (hidden,), (hidden,), (hidden,)]        # output, LayerNorm
-    shapes += [(hidden, hidden), (hidden,)]                     # pooler
-    return shapes
+from _common import bert_base_shapes, tune_malloc  # noqa: E402  (this folder is sys.path[0])
 
 
 def candidates(lr: float = 1e-3, weight_decay: float = 0.01):
@@ -72,13 +57,6 @@ def make_step(tx):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-# glibc hands blocks over 32 MB straight back to the kernel, so every step re-faults the temporaries XLA
-# allocates (the word-embedding array alone is 94 MB) page by page; on a VM that costs more than the arithmetic
-# and varies from run to run. As in benchmarks/step_time.py, these keep freed memory in the process, for every
-# optimizer alike.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (BERT-base: 12)")
@@ -87,10 +65,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per optimizer and round")
     parser.add_argument("--only", nargs="*", default=None, help="run the optimizers whose names start so")
     parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="keep glibc's default mmap threshold (see MALLOC_ENV)")
+                        help="keep glibc's default mmap threshold (see _common.MALLOC_ENV)")
     args = parser.parse_args(argv)
-    if not args.no_malloc_tuning and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    malloc_line = tune_malloc(not args.no_malloc_tuning)
 
     shapes = bert_base_shapes(args.layers)
     n_params = sum(int(np.prod(s)) for s in shapes)
@@ -104,8 +81,7 @@ def main(argv=None) -> None:
 
     print(f"jax {jax.__version__}, optax {optax.__version__}, device {jax.devices()[0].device_kind} "
           f"({jax.default_backend()}), {len(shapes)} arrays, {n_params / 1e6:.1f}M float32 parameters")
-    print("malloc tuning: " + ("off" if args.no_malloc_tuning else
-                               ", ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())))
+    print(malloc_line)
     steps = {name: make_step(tx) for name, tx in chosen}
     times: dict[str, list[float]] = {name: [] for name, _ in chosen}
     compile_s: dict[str, float] = {}

@@ -7,26 +7,14 @@ running in the pytest process, so the checks run in a fresh Python process: this
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
+from _jax_devices import run_on_cpu_devices
 
 DEVICES = 8
 
 
 def test_sharded_and_data_parallel_runs_equal_the_unsharded_run():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), str(Path(__file__).parent), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        pytest.fail(f"sharding checks failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}")
-    assert "all sharding checks passed" in result.stdout, result.stdout
+    stdout = run_on_cpu_devices(__file__, DEVICES)
+    assert "all sharding checks passed" in stdout, stdout
 
 
 # --------------------------------------------------------------------------------------------------

@@ -414,3 +414,29 @@ def test_cpu_cache_chunks_give_identical_results(monkeypatch, opt_cls, kw):
     for p, q in zip(a, b):
         assert torch.equal(p, q)
         assert torch.equal(opt_a.state[p]["trust_ratio"], opt_b.state[q]["trust_ratio"])
+
+
+@pytest.mark.parametrize("cls,kwargs,options", [
+    (Lamb, dict(lr=0.01, norm="l1", nesterov="nn"),
+     {"norm": "l2", "bias_correction": True, "trust_clip": None, "nesterov": None, "momentum_decay": 4e-3,
+      "layer_adaptation": True, "maximize": False, "foreach": None, "fused": None}),
+    (Lars, dict(lr=0.01, norm="linf", nesterov=True),
+     {"norm": "l2", "trust_clip": None, "nesterov": False, "layer_adaptation": True, "maximize": False,
+      "foreach": None, "fused": None}),
+])
+def test_pickle_keeps_options_and_fills_in_missing_ones(cls, kwargs, options):
+    import pickle
+
+    params = make_params(torch.float64)
+    opt = cls(params, **kwargs)
+    set_grads(params, torch.Generator().manual_seed(1))
+    opt.step()
+    restored = pickle.loads(pickle.dumps(opt))
+    assert restored.param_groups[0]["norm"] == kwargs["norm"]
+    assert restored.param_groups[0]["nesterov"] == kwargs["nesterov"]
+    # An optimizer pickled before these options existed gets each one's default.
+    state = opt.__getstate__()
+    state["param_groups"] = [{k: v for k, v in g.items() if k not in options} for g in state["param_groups"]]
+    old = cls.__new__(cls)
+    old.__setstate__(state)
+    assert {k: old.param_groups[0][k] for k in options} == options

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import optax
 import pytest
 
+from _jax_devices import run_on_cpu_devices
 from lamb import jax as lj
 from lamb import reference
 from lamb.experiments import data, models, schedules, train
@@ -167,15 +164,8 @@ DEVICES = 8
 
 
 def test_sharded_run_equals_the_single_device_run():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}").strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    root = Path(__file__).resolve().parents[1]
-    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        pytest.fail(f"sharded run failed (exit {out.returncode}):\n{out.stdout}\n{out.stderr[-4000:]}")
-    assert "sharded == single device" in out.stdout, out.stdout
+    stdout = run_on_cpu_devices(__file__, DEVICES)
+    assert "sharded == single device" in stdout, stdout
 
 
 def _sharded_main():

@@ -69,9 +69,18 @@ class LayerwiseOptimizer(Optimizer):
     _host_float64_state: tuple[str, ...] = ()
     # Floating state on the parameter's device in the state dtype (fp32 for fp16/bf16 parameters).
     _device_state: tuple[str, ...] = ()
+    # Group options that a pickled optimizer may lack (saved before they existed), with their defaults.
+    _option_defaults: dict = {"norm": "l2", "trust_clip": None, "layer_adaptation": True, "maximize": False,
+                              "foreach": None, "fused": None}
 
     def _check_group(self, group: dict) -> None:
         raise NotImplementedError
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self._option_defaults.items():
+                group.setdefault(key, value)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -94,6 +103,17 @@ class LayerwiseOptimizer(Optimizer):
                                 f"and shape {tuple(p.shape)}); pass torch.view_as_real(p) instead")
             if not p.is_floating_point():
                 raise TypeError(f"{self._name} needs floating-point parameters, got dtype {p.dtype}")
+
+    def _params_with_grad(self, group: dict, params: list, grads: list):
+        """Yields (p, its state) for each parameter of ``group`` that has a gradient, after checking the gradient
+        and appending p to ``params`` and its gradient to ``grads``."""
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            self._check_grad(p)
+            params.append(p)
+            grads.append(p.grad)
+            yield p, self.state[p]
 
     def _check_grad(self, p: Tensor) -> None:
         if p.grad.is_sparse:

@@ -179,39 +179,36 @@ def _scratch_for(library, dtype: torch.dtype, numels: list[int]):
     return buffer, offsets
 
 
+def _call(kernel: str, layers: list[list[Tensor]], *arrays) -> Tensor:
+    """Calls ``<kernel>_f32`` or ``_f64`` with (count, a pointer array per list of ``layers`` (x first), numels,
+    *arrays, scratch, offsets, ratios) and returns the trust ratios the kernel wrote (a vector)."""
+    library = _load()
+    xs = layers[0]
+    dtype = xs[0].dtype
+    numels = [x.numel() for x in xs]
+    scratch, offsets = _scratch_for(library, dtype, numels)
+    ratios = torch.empty(len(xs), dtype=dtype)
+    getattr(library, f"{kernel}_{_SUFFIX[dtype]}")(
+        len(xs), *(_pointer_array(ts) for ts in layers), _int64s(numels), *arrays,
+        ctypes.c_void_p(scratch.data_ptr()), _int64s(offsets), ctypes.c_void_p(ratios.data_ptr()))
+    return ratios
+
+
 def lamb_step(xs, gs, ms, vs, coefficients, *, lr, beta1, beta2, eps, weight_decay, clip_lo, clip_hi, norm,
               nesterov, layer_adaptation, maximize) -> Tensor:
     """One LAMB step on layers that :func:`supports` accepts (one dtype); returns the trust ratios (a vector).
 
     ``coefficients`` holds :math:`(a_m, a_g, b_v, b_g)` per layer (see ``_nesterov_coefficients``).
     """
-    library = _load()
-    dtype = xs[0].dtype
-    numels = [x.numel() for x in xs]
-    scratch, offsets = _scratch_for(library, dtype, numels)
-    ratios = torch.empty(len(xs), dtype=dtype)
-    fn = getattr(library, f"lamb_step_{_SUFFIX[dtype]}")
-    fn(len(xs), _pointer_array(xs), _pointer_array(gs), _pointer_array(ms), _pointer_array(vs), _int64s(numels),
-       _doubles([c for layer in coefficients for c in layer]),
-       _doubles([-_lr(lr), beta1, beta2, eps, weight_decay, clip_lo, clip_hi]),
-       _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
-                int(nesterov is not None)]),
-       ctypes.c_void_p(scratch.data_ptr()), _int64s(offsets), ctypes.c_void_p(ratios.data_ptr()))
-    return ratios
+    return _call("lamb_step", [xs, gs, ms, vs], _doubles([c for layer in coefficients for c in layer]),
+                 _doubles([-_lr(lr), beta1, beta2, eps, weight_decay, clip_lo, clip_hi]),
+                 _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
+                          int(nesterov is not None)]))
 
 
 def lars_step(xs, gs, ms, *, lr, beta1, weight_decay, clip_lo, clip_hi, norm, nesterov, layer_adaptation,
               maximize) -> Tensor:
     """One LARS step on layers that :func:`supports` accepts (one dtype); returns the trust ratios (a vector)."""
-    library = _load()
-    dtype = xs[0].dtype
-    numels = [x.numel() for x in xs]
-    scratch, offsets = _scratch_for(library, dtype, numels)
-    ratios = torch.empty(len(xs), dtype=dtype)
-    fn = getattr(library, f"lars_step_{_SUFFIX[dtype]}")
-    fn(len(xs), _pointer_array(xs), _pointer_array(gs), _pointer_array(ms), _int64s(numels),
-       _doubles([-_lr(lr), beta1, weight_decay, clip_lo, clip_hi]),
-       _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
-                int(bool(nesterov))]),
-       ctypes.c_void_p(scratch.data_ptr()), _int64s(offsets), ctypes.c_void_p(ratios.data_ptr()))
-    return ratios
+    return _call("lars_step", [xs, gs, ms], _doubles([-_lr(lr), beta1, weight_decay, clip_lo, clip_hi]),
+                 _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
+                          int(bool(nesterov))]))

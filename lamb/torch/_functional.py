@@ -169,6 +169,28 @@ def _trust_ratios(weight_norms: Tensor, update_norms: Tensor, trust_clip) -> Ten
     return torch.where(usable, phi / torch.where(usable, update_norms, 1.0), 1.0)
 
 
+def _foreach_apply_update(xs, xs_orig, updates, indices, shard_groups, ratios, *, lr, norm, trust_clip,
+                          layer_adaptation) -> None:
+    """x <- x - eta rho u for the layers ``indices`` of one device and dtype; ``ratios[i]`` <- their rho.
+
+    Pass 2 of the foreach step, shared by LAMB and LARS: the norms of whole layers (of every shard's part, for
+    DTensors), then one multiply-add per layer with rho broadcast from a 0-d view of the ratio vector. ``xs``
+    are fp32 copies of ``xs_orig`` for fp16/bf16 parameters (copied back), else the same tensors.
+    """
+    if layer_adaptation:
+        groups = [shard_groups[i] for i in indices]
+        weight_norms = _whole_layer_norms(torch.stack(_foreach_norms(xs, norm)), groups, norm)
+        update_norms = _whole_layer_norms(torch.stack(_foreach_norms(updates, norm)), groups, norm)
+        trust_ratio = _trust_ratios(weight_norms, update_norms, trust_clip)
+    else:
+        trust_ratio = torch.ones(len(xs), dtype=_compute_dtype(xs[0].dtype), device=xs[0].device)
+    torch._foreach_addcmul_(xs, updates, list(_scaled_step(lr, trust_ratio).unbind()))
+    if xs is not xs_orig:
+        torch._foreach_copy_(xs_orig, xs)
+    for i, rho in zip(indices, trust_ratio.unbind()):
+        ratios[i] = rho
+
+
 def _bias_corrections(t: float, beta1: float, beta2: float, bias_correction: bool) -> tuple[float, float]:
     """c1 = 1 - beta1^t and c2 = 1 - beta2^t (both 1 without bias correction), in float64 on the host."""
     if not bias_correction:
@@ -274,7 +296,7 @@ def _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_pro
     ratios: list = [None] * len(params)
     shard_groups = [_shard_groups(p) for p in params]
     local = [[_local(t) for t in ts] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-    for (device, dtype), (xs, gs, ms, vs), indices in _device_chunks(params, local):
+    for (_, dtype), (xs, gs, ms, vs), indices in _device_chunks(params, local):
         low_precision = dtype in _LOW_PRECISION
         xs_orig = xs
         if low_precision:  # fp32 copies: the moments, norms and update are computed in fp32
@@ -322,20 +344,8 @@ def _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_pro
             if weight_decay != 0:
                 torch._foreach_add_(updates, xs, alpha=weight_decay)  # u = r + lambda x
 
-        compute_dtype = _compute_dtype(dtype)
-        if layer_adaptation:
-            groups = [shard_groups[i] for i in indices]
-            weight_norms = _whole_layer_norms(torch.stack(_foreach_norms(xs, norm)), groups, norm)
-            update_norms = _whole_layer_norms(torch.stack(_foreach_norms(updates, norm)), groups, norm)
-            trust_ratio = _trust_ratios(weight_norms, update_norms, trust_clip)
-        else:
-            trust_ratio = torch.ones(len(xs), dtype=compute_dtype, device=device)
-        # x <- x + u * (-lr rho), one pass; rho broadcast from a 0-d view of the trust-ratio vector
-        torch._foreach_addcmul_(xs, updates, list(_scaled_step(lr, trust_ratio).unbind()))
-        if low_precision:
-            torch._foreach_copy_(xs_orig, xs)
-        for i, rho in zip(indices, trust_ratio.unbind()):
-            ratios[i] = rho
+        _foreach_apply_update(xs, xs_orig, updates, indices, shard_groups, ratios, lr=lr, norm=norm,
+                              trust_clip=trust_clip, layer_adaptation=layer_adaptation)
     return ratios
 
 
@@ -567,7 +577,7 @@ def _multi_tensor_lars(params, grads, momenta, *, lr, beta1, weight_decay, norm,
     ratios: list = [None] * len(params)
     shard_groups = [_shard_groups(p) for p in params]
     local = [[_local(t) for t in ts] for ts in (params, grads, momenta)]
-    for (device, dtype), (xs, gs, ms), indices in _device_chunks(params, local):
+    for (_, dtype), (xs, gs, ms), indices in _device_chunks(params, local):
         low_precision = dtype in _LOW_PRECISION
         xs_orig = xs
         if low_precision:
@@ -579,18 +589,8 @@ def _multi_tensor_lars(params, grads, momenta, *, lr, beta1, weight_decay, norm,
             gs = torch._foreach_add(gs, xs, alpha=weight_decay)      # d = g + lambda x
         torch._foreach_lerp_(ms, gs, 1 - beta1)                      # m_t = beta1 m + (1 - beta1) d
         updates = torch._foreach_lerp(ms, gs, 1 - beta1) if nesterov else ms
-        if layer_adaptation:
-            groups = [shard_groups[i] for i in indices]
-            weight_norms = _whole_layer_norms(torch.stack(_foreach_norms(xs, norm)), groups, norm)
-            update_norms = _whole_layer_norms(torch.stack(_foreach_norms(updates, norm)), groups, norm)
-            trust_ratio = _trust_ratios(weight_norms, update_norms, trust_clip)
-        else:
-            trust_ratio = torch.ones(len(xs), dtype=_compute_dtype(dtype), device=device)
-        torch._foreach_addcmul_(xs, updates, list(_scaled_step(lr, trust_ratio).unbind()))
-        if low_precision:
-            torch._foreach_copy_(xs_orig, xs)
-        for i, rho in zip(indices, trust_ratio.unbind()):
-            ratios[i] = rho
+        _foreach_apply_update(xs, xs_orig, updates, indices, shard_groups, ratios, lr=lr, norm=norm,
+                              trust_clip=trust_clip, layer_adaptation=layer_adaptation)
     return ratios
 
 

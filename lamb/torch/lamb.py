@@ -89,6 +89,8 @@ class Lamb(LayerwiseOptimizer):
     """
 
     _name = "Lamb"
+    _option_defaults = {**LayerwiseOptimizer._option_defaults, "bias_correction": True, "nesterov": None,
+                        "momentum_decay": 4e-3}
     _host_float64_state = ("mu_product",)
     _device_state = ("exp_avg", "exp_avg_sq")
 
@@ -117,23 +119,9 @@ class Lamb(LayerwiseOptimizer):
         if not isinstance(group["bias_correction"], bool):
             raise TypeError(f"bias_correction must be True or False, got {group['bias_correction']!r}")
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key, value in (("norm", "l2"), ("bias_correction", True), ("trust_clip", None),
-                               ("nesterov", None), ("momentum_decay", 4e-3), ("layer_adaptation", True),
-                               ("maximize", False), ("foreach", None), ("fused", None)):
-                group.setdefault(key, value)
-
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_products) -> None:
         """Collect the parameters that have a gradient and their state (created on first use)."""
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            self._check_grad(p)
-            params.append(p)
-            grads.append(p.grad)
-            state = self.state[p]
+        for p, state in self._params_with_grad(group, params, grads):
             if len(state) == 0:
                 # A host counter, as torch.optim.Adam's without capturable: reading it syncs nothing.
                 state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())

@@ -53,6 +53,7 @@ class Lars(LayerwiseOptimizer):
     """
 
     _name = "Lars"
+    _option_defaults = {**LayerwiseOptimizer._option_defaults, "nesterov": False}
     _device_state = ("exp_avg",)
 
     def __init__(self, params: ParamsT, lr: float | Tensor, momentum: float = 0.9, weight_decay: float = 0.0, *,
@@ -69,22 +70,8 @@ class Lars(LayerwiseOptimizer):
         if not isinstance(group["nesterov"], bool):
             raise TypeError(f"nesterov must be True or False for Lars, got {group['nesterov']!r}")
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key, value in (("norm", "l2"), ("trust_clip", None), ("nesterov", False),
-                               ("layer_adaptation", True), ("maximize", False), ("foreach", None),
-                               ("fused", None)):
-                group.setdefault(key, value)
-
     def _init_group(self, group, params, grads, momenta) -> None:
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            self._check_grad(p)
-            params.append(p)
-            grads.append(p.grad)
-            state = self.state[p]
+        for p, state in self._params_with_grad(group, params, grads):
             if len(state) == 0:
                 state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
             momenta.append(state["exp_avg"])
