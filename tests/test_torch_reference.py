@@ -200,18 +200,24 @@ def test_maximize_is_descent_on_the_negated_gradient(path):
 
 
 # Layers big enough for the fused CPU kernel to split them over threads (and sizes that leave tails), on one
-# and two threads: the split changes only the order of the norms' sums. The last two (4 MB and more in float32)
-# take the kernel's streaming stores for u, with and without layer adaptation.
-BIG_SHAPES = [(301, 401), (70001,), (5,), (33000,), (1050001,), (1024, 1031)]
+# and two threads: the split changes only the order of the norms' sums. With stream=True every layer's u goes
+# through the kernel's streaming stores (in use for layers of STREAM_MIN_BYTES or more), at unaligned offsets
+# of the scratch buffer too.
+BIG_SHAPES = [(301, 401), (70001,), (5,), (33000,), (1031, 67)]
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("norm", ["l2", "l1", "linf"])
-def test_fused_cpu_kernel_on_big_layers(norm, threads):
+def test_fused_cpu_kernel_on_big_layers(monkeypatch, norm, threads, stream):
+    if stream:
+        monkeypatch.setattr(F._cpu_fused, "STREAM_MIN_BYTES", 0)
     rng = np.random.default_rng(5)
     x0 = [rng.standard_normal(s) for s in BIG_SHAPES]
     grads = [[10.0 ** rng.uniform(-2, 1) * rng.standard_normal(s) for s in BIG_SHAPES] for _ in range(5)]
-    masks = ([True, True, False, True, True, True], [True, True, False, True, True, False])
+    # One group per mask pair: the (5,) layer shares its kernel call with bigger ones, so that its part of the
+    # scratch buffer starts at an odd offset.
+    masks = ([True, True, True, False, True], [True, True, True, False, False])
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -224,8 +230,11 @@ def test_fused_cpu_kernel_on_big_layers(norm, threads):
                                weight_decay_mask=masks[0], layer_adaptation_mask=masks[1], **kw)
             for dtype in (torch.float64, torch.float32):
                 params = [torch.nn.Parameter(torch.tensor(x, dtype=dtype)) for x in x0]
-                opt = make([{"params": [p], "weight_decay": 0.1 if d else 0.0, "layer_adaptation": a}
-                            for p, d, a in zip(params, *masks)])
+                groups = {}
+                for p, d, a in zip(params, *masks):
+                    groups.setdefault((d, a), []).append(p)
+                opt = make([{"params": ps, "weight_decay": 0.1 if d else 0.0, "layer_adaptation": a}
+                            for (d, a), ps in groups.items()])
                 for step in grads:
                     for p, g in zip(params, step):
                         p.grad = torch.tensor(g, dtype=dtype)

@@ -34,6 +34,13 @@ _SOURCE = Path(__file__).with_name("_cpu_kernel.cpp")
 _NORM_CODES = {"l1": 0, "l2": 1, "linf": 2}
 _FLOAT_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+# Layers of this many bytes or more are bigger than most last-level caches: pass 1 writes their u with streaming
+# (non-temporal) stores, which skip reading u's old contents into the cache first (a plain store to a line that
+# is not in the cache reads it: 4 more bytes per float32 element than the 40 of the byte count). Smaller layers
+# write u with plain stores, as the scratch buffer's first megabytes stay in the cache from layer to layer. On
+# BERT-base shapes, 2 threads, the word embeddings (94 MB) stepped about 10% faster streamed and the 768 x 3072
+# matrices (9 MB) about 10% slower. Only speed depends on it, never a value.
+STREAM_MIN_BYTES = 16 << 20
 _lock = threading.Lock()
 _scratch = threading.local()  # per thread: optimizers stepping in different threads never share a buffer
 _library: ctypes.CDLL | None = None
@@ -203,7 +210,7 @@ def lamb_step(xs, gs, ms, vs, coefficients, *, lr, beta1, beta2, eps, weight_dec
     return _call("lamb_step", [xs, gs, ms, vs], _doubles([c for layer in coefficients for c in layer]),
                  _doubles([-_lr(lr), beta1, beta2, eps, weight_decay, clip_lo, clip_hi]),
                  _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
-                          int(nesterov is not None)]))
+                          int(nesterov is not None), STREAM_MIN_BYTES]))
 
 
 def lars_step(xs, gs, ms, *, lr, beta1, weight_decay, clip_lo, clip_hi, norm, nesterov, layer_adaptation,
@@ -211,4 +218,4 @@ def lars_step(xs, gs, ms, *, lr, beta1, weight_decay, clip_lo, clip_hi, norm, ne
     """One LARS step on layers that :func:`supports` accepts (one dtype); returns the trust ratios (a vector)."""
     return _call("lars_step", [xs, gs, ms], _doubles([-_lr(lr), beta1, weight_decay, clip_lo, clip_hi]),
                  _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
-                          int(bool(nesterov))]))
+                          int(bool(nesterov)), STREAM_MIN_BYTES]))

@@ -5,10 +5,9 @@
 //
 // Why two passes and in which order: the trust ratio needs the whole layer's norms ||x|| and ||u|| before any
 // weight is written (paper, Algorithm 2). Pass 1 reads g, x, m, v, writes m, v and u (into a scratch buffer
-// the caller keeps; with streaming stores for layers too big for the cache) and reduces the norms; pass 2 reads u and x and writes x: 40 bytes per float32 element,
-// the floor of shared/research/implementations.md. Pass 2 walks each thread's range backwards, so that it
-// starts on the data pass 1 touched last, still in the cache. Layers of 32K elements or more are split over the
-// threads; smaller ones are shared out whole.
+// the caller keeps; with streaming stores for layers too big for the cache) and reduces the norms; pass 2
+// reads u and x and writes x: 40 bytes per float32 element, the floor of shared/research/implementations.md.
+// Layers of 32K elements or more are split over the threads; smaller ones are shared out whole.
 //
 // Numerics: element-wise math in the parameter's precision (as torch does), no fused multiply-adds; norms
 // summed in the parameter's precision within blocks of 512 elements (one partial per vector lane), the blocks
@@ -26,16 +25,9 @@ namespace {
 
 enum Norm { L1 = 0, L2 = 1, LINF = 2 };
 
-constexpr int64_t kBlock = 512;           // elements per backwards block of pass 2
+constexpr int64_t kBlock = 512;           // elements per block of pass 1 (norms summed in T within one)
 constexpr int64_t kParallelMin = 1 << 15;  // smaller layers run on one thread (parallel region costs ~us)
 constexpr int kMaxThreads = 256;
-// Layers of at least this many bytes do not fit in the last-level cache with their moments (5 arrays): pass 1
-// writes u with streaming (non-temporal) stores, which skip reading u's old contents into the cache first (a
-// plain store to a line not in the cache reads it: 4 more bytes per float32 element than the 40 of the byte
-// count). Smaller layers keep u in the cache for pass 2. On BERT-base shapes, 2 threads, the two versions
-// alternated in one process (three runs): with 4 MB (1M float32 elements: the 768 x 3072 matrices and the word
-// embeddings stream) a step took 4 to 9% less time than with no streaming; 2 MB gained nothing clear over it.
-constexpr int64_t kStreamMinBytes = int64_t(4) << 20;
 
 template <typename T, int NORM>
 inline T norm_term(T a) {
@@ -171,16 +163,13 @@ void lamb_pass1(const LambScalars<T> s, const T* __restrict__ x, const T* __rest
                         x, u_out, lo, hi, stream, x_norm, u_norm);
 }
 
-// Pass 2, for LAMB and LARS: x_{t+1} = x_t - eta r u, backwards over blocks (each block forwards, so that it
-// vectorizes), starting on what pass 1 left in the cache.
+// Pass 2, for LAMB and LARS: x_{t+1} = x_t - eta r u. Forwards: walking each range backwards (to start on
+// what pass 1 left in the cache) was measured slower, by up to a quarter of the whole step on BERT-base shapes,
+// as the hardware prefetchers follow ascending streams best.
 template <typename T>
 void apply_step(T* __restrict__ x, const T* __restrict__ u, int64_t lo, int64_t hi, T step) {
-  for (int64_t end = hi; end > lo;) {
-    int64_t start = end - kBlock > lo ? end - kBlock : lo;
 #pragma omp simd
-    for (int64_t j = start; j < end; ++j) x[j] = x[j] + u[j] * step;
-    end = start;
-  }
+  for (int64_t j = lo; j < hi; ++j) x[j] = x[j] + u[j] * step;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -316,7 +305,8 @@ template <typename T>
 void lamb_group(int64_t layers, T** x, T** g, T** m, T** v, const int64_t* numel, const double* coefficients,
                 const double* hyper, const int64_t* flags, T* scratch, const int64_t* offsets, T* ratios) {
   // hyper: neg_lr, beta1, beta2, eps, weight_decay, clip_lo, clip_hi;
-  // flags: norm, adapt, maximize, threads, nesterov; coefficients: a_m, a_g, b_v, b_g per layer.
+  // flags: norm, adapt, maximize, threads, nesterov, stream_min_bytes; coefficients: a_m, a_g, b_v, b_g per
+  // layer.
   const double neg_lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2];
   const int norm = int(flags[0]), threads = int(flags[3]);
   const bool adapt = flags[1] != 0, nesterov = flags[4] != 0;
@@ -327,7 +317,7 @@ void lamb_group(int64_t layers, T** x, T** g, T** m, T** v, const int64_t* numel
                            nesterov};
     T *xi = x[i], *mi = m[i], *vi = v[i], *ui = scratch + offsets[i];
     const T* gi = g[i];
-    const bool stream = numel[i] * int64_t(sizeof(T)) >= kStreamMinBytes;
+    const bool stream = numel[i] * int64_t(sizeof(T)) >= flags[5];  // u with streaming stores
     ratios[i] = T(layer_step(
         numel[i], layer_threads, adapt, norm, hyper[5], hyper[6], neg_lr,
         [&](int64_t lo, int64_t hi, double* a, double* b) {
@@ -341,7 +331,8 @@ void lamb_group(int64_t layers, T** x, T** g, T** m, T** v, const int64_t* numel
 template <typename T>
 void lars_group(int64_t layers, T** x, T** g, T** m, const int64_t* numel, const double* hyper,
                 const int64_t* flags, T* scratch, const int64_t* offsets, T* ratios) {
-  // hyper: neg_lr, beta1, weight_decay, clip_lo, clip_hi; flags: norm, adapt, maximize, threads, nesterov
+  // hyper: neg_lr, beta1, weight_decay, clip_lo, clip_hi; flags: norm, adapt, maximize, threads, nesterov,
+  // stream_min_bytes
   const double neg_lr = hyper[0], beta1 = hyper[1];
   const int norm = int(flags[0]), threads = int(flags[3]);
   const bool adapt = flags[1] != 0, nesterov = flags[4] != 0;
@@ -350,7 +341,7 @@ void lars_group(int64_t layers, T** x, T** g, T** m, const int64_t* numel, const
   auto layer = [&](int64_t i, int layer_threads) {
     T *xi = x[i], *mi = m[i], *ui = scratch + offsets[i];
     const T* gi = g[i];
-    const bool stream = numel[i] * int64_t(sizeof(T)) >= kStreamMinBytes;
+    const bool stream = numel[i] * int64_t(sizeof(T)) >= flags[5];  // u with streaming stores
     ratios[i] = T(layer_step(
         numel[i], layer_threads, adapt, norm, hyper[3], hyper[4], neg_lr,
         [&](int64_t lo, int64_t hi, double* a, double* b) {
