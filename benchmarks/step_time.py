@@ -8,6 +8,7 @@ the optimizer's step is timed.
     .venv/bin/python benchmarks/step_time.py                      # 2 threads, all optimizers
     .venv/bin/python benchmarks/step_time.py --only adamw lamb    # names start with these prefixes
     .venv/bin/python benchmarks/step_time.py --layers 2 --steps 3 # a quick smoke run
+    .venv/bin/python benchmarks/step_time.py --alternate --only adamw "lamb f"  # all alive, stepped in turn
 
 timm and torch-optimizer are optional (benchmark only, never in requirements.txt). Install them without
 letting pip touch torch: ``pip install --no-deps timm torch-optimizer pytorch-ranger``. timm's ``Lamb`` is
@@ -96,6 +97,20 @@ def time_steps(opt, warmup: int, steps: int) -> tuple[float, list[float]]:
     return first, times
 
 
+def _alternate(chosen, params, args, times: dict, first_steps: dict) -> None:
+    """Every optimizer stepped in turn, one step each, so that a slow spell of the machine hits all alike."""
+    optimizers = {}
+    for name, factory in chosen:
+        optimizers[name] = factory(params)
+        first, _ = time_steps(optimizers[name], args.warmup, 0)
+        first_steps[name] = first
+    for _ in range(args.rounds * args.steps):
+        for name, opt in optimizers.items():
+            start = time.perf_counter()
+            opt.step()
+            times[name].append(time.perf_counter() - start)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -105,6 +120,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds: each optimizer is timed once per round (default 3)")
     parser.add_argument("--only", nargs="*", default=None, help="run optimizers whose name starts with these")
+    parser.add_argument("--alternate", action="store_true",
+                        help="keep every chosen optimizer alive and alternate them step by step (--rounds x "
+                             "--steps steps each); needs the state of all of them in memory at once")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="keep glibc's default mmap threshold (see _common.MALLOC_ENV)")
     args = parser.parse_args(argv)
@@ -117,9 +135,11 @@ def main(argv=None) -> None:
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     numel = sum(p.numel() for p in params)
+    how = (f"all alive, stepped in turn, {args.rounds * args.steps} steps each after {args.warmup} warm-up steps"
+           if args.alternate else
+           f"median of {args.rounds} rounds x {args.steps} steps, each round after {args.warmup} warm-up steps")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(params)} tensors, "
-          f"{numel / 1e6:.1f}M fp32 parameters; median of {args.rounds} rounds x {args.steps} steps, each round "
-          f"after {args.warmup} warm-up steps")
+          f"{numel / 1e6:.1f}M fp32 parameters; {how}")
 
     print(malloc_line)
     chosen = [(name, factory) for name, factory in candidates()
@@ -128,7 +148,9 @@ def main(argv=None) -> None:
     # the median is over every timed step of every round.
     times: dict[str, list[float]] = {name: [] for name, _ in chosen}
     first_steps: dict[str, float] = {}
-    for round_ in range(args.rounds):
+    if args.alternate:
+        _alternate(chosen, params, args, times, first_steps)
+    for round_ in range(0 if args.alternate else args.rounds):
         for name, factory in chosen:
             if name not in times:
                 continue  # failed in an earlier round
