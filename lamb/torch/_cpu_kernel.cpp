@@ -119,16 +119,16 @@ void pass1(Element element, const T* __restrict__ x, T* __restrict__ u_out, int6
   T x_max = 0, u_max = 0;
   for (int64_t start = lo; start < hi; start += kBlock) {
     const int64_t end = start + kBlock < hi ? start + kBlock : hi;
-    T* __restrict__ u = stream ? buffer - start : u_out;  // u[j] for j in [start, end)
+    T* __restrict__ u = stream ? buffer : u_out + start;  // u of element j at u[j - start]
     if (!ADAPT) {
 #pragma omp simd
-      for (int64_t j = start; j < end; ++j) u[j] = element(j);
+      for (int64_t j = start; j < end; ++j) u[j - start] = element(j);
     } else if (NORM == LINF) {
       T x_block = 0, u_block = 0;
 #pragma omp simd reduction(max : x_block, u_block)
       for (int64_t j = start; j < end; ++j) {
         T uj = element(j);
-        u[j] = uj;
+        u[j - start] = uj;
         x_block = std::max(x_block, T(std::fabs(x[j])));
         u_block = std::max(u_block, T(std::fabs(uj)));
       }
@@ -139,7 +139,7 @@ void pass1(Element element, const T* __restrict__ x, T* __restrict__ u_out, int6
 #pragma omp simd reduction(+ : x_block, u_block)
       for (int64_t j = start; j < end; ++j) {
         T uj = element(j);
-        u[j] = uj;
+        u[j - start] = uj;
         x_block += norm_term<T, NORM>(x[j]);
         u_block += norm_term<T, NORM>(uj);
       }
