@@ -3,9 +3,10 @@ r"""The fused CPU step of ``Lamb(fused=True)`` and ``Lars(fused=True)``: a small
 Why not ``torch.compile`` on the CPU: Inductor's kernel for one layer allocates a fresh buffer for the update
 :math:`u` on every call (for the largest BERT-base tensor, 94 MB of new pages each step, unless glibc is
 tuned) and each call of a compiled function costs about 0.1 ms of Python and guards, which for BERT's 199
-tensors alone is 20 ms a step. This kernel takes every layer of a dtype in one call, keeps :math:`u` between
-the passes in one buffer that lives as long as the thread (about the size of the largest layer) and walks
-pass 2 backwards so that it starts on what pass 1 left in the cache. See ``_cpu_kernel.cpp``.
+tensors alone is 20 ms a step. This kernel takes every layer of a dtype in one call and keeps :math:`u`
+between the passes in one buffer that lives as long as the thread (about the size of the largest layer),
+written with streaming stores for layers bigger than the cache (:data:`STREAM_MIN_BYTES`). See
+``_cpu_kernel.cpp``.
 
 The source is compiled with the system's C++ compiler (``$CXX``, else ``g++``/``c++``/``clang++``) and
 OpenMP into ``$LAMB_KERNEL_DIR`` (default ``~/.cache/lamb/kernels``), keyed by a hash of the source, the flags
