@@ -187,17 +187,20 @@ def _scratch_for(library, dtype: torch.dtype, numels: list[int]):
     return buffer, offsets
 
 
-def _call(kernel: str, layers: list[list[Tensor]], *arrays) -> Tensor:
+def _call(kernel: str, layers: list[list[Tensor]], *arrays, norm: str, layer_adaptation: bool, maximize: bool,
+          nesterov: bool) -> Tensor:
     """Calls ``<kernel>_f32`` or ``_f64`` with (count, a pointer array per list of ``layers`` (x first), numels,
-    *arrays, scratch, offsets, ratios) and returns the trust ratios the kernel wrote (a vector)."""
+    *arrays, flags, scratch, offsets, ratios) and returns the trust ratios the kernel wrote (a vector)."""
     library = _load()
     xs = layers[0]
     dtype = xs[0].dtype
     numels = [x.numel() for x in xs]
     scratch, offsets = _scratch_for(library, dtype, numels)
     ratios = torch.empty(len(xs), dtype=dtype)
+    flags = _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
+                     int(nesterov), STREAM_MIN_BYTES])
     getattr(library, f"{kernel}_{_SUFFIX[dtype]}")(
-        len(xs), *(_pointer_array(ts) for ts in layers), _int64s(numels), *arrays,
+        len(xs), *(_pointer_array(ts) for ts in layers), _int64s(numels), *arrays, flags,
         ctypes.c_void_p(scratch.data_ptr()), _int64s(offsets), ctypes.c_void_p(ratios.data_ptr()))
     return ratios
 
@@ -209,14 +212,12 @@ def lamb_step(xs, gs, ms, vs, coefficients, *, lr, beta1, beta2, eps, weight_dec
     ``coefficients`` holds :math:`(a_m, a_g, b_v, b_g)` per layer (see ``_nesterov_coefficients``).
     """
     return _call("lamb_step", [xs, gs, ms, vs], _doubles([c for layer in coefficients for c in layer]),
-                 _doubles([-_lr(lr), beta1, beta2, eps, weight_decay, clip_lo, clip_hi]),
-                 _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
-                          int(nesterov is not None), STREAM_MIN_BYTES]))
+                 _doubles([-_lr(lr), beta1, beta2, eps, weight_decay, clip_lo, clip_hi]), norm=norm,
+                 layer_adaptation=layer_adaptation, maximize=maximize, nesterov=nesterov is not None)
 
 
 def lars_step(xs, gs, ms, *, lr, beta1, weight_decay, clip_lo, clip_hi, norm, nesterov, layer_adaptation,
               maximize) -> Tensor:
     """One LARS step on layers that :func:`supports` accepts (one dtype); returns the trust ratios (a vector)."""
     return _call("lars_step", [xs, gs, ms], _doubles([-_lr(lr), beta1, weight_decay, clip_lo, clip_hi]),
-                 _int64s([_NORM_CODES[norm], int(layer_adaptation), int(maximize), torch.get_num_threads(),
-                          int(bool(nesterov)), STREAM_MIN_BYTES]))
+                 norm=norm, layer_adaptation=layer_adaptation, maximize=maximize, nesterov=bool(nesterov))
