@@ -101,9 +101,13 @@ def _alternate(chosen, params, args, times: dict, first_steps: dict) -> None:
     """Every optimizer stepped in turn, one step each, so that a slow spell of the machine hits all alike."""
     optimizers = {}
     for name, factory in chosen:
-        optimizers[name] = factory(params)
-        first, _ = time_steps(optimizers[name], args.warmup, 0)
-        first_steps[name] = first
+        try:
+            optimizers[name] = factory(params)
+            first_steps[name], _ = time_steps(optimizers[name], args.warmup, 0)
+        except Exception as exc:  # as in the rounds: one broken third-party optimizer must not stop the table
+            print(f"{name}: failed: {type(exc).__name__}: {exc}")
+            optimizers.pop(name, None)
+            del times[name]
     for _ in range(args.rounds * args.steps):
         for name, opt in optimizers.items():
             start = time.perf_counter()
