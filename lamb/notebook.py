@@ -16,7 +16,9 @@ A notebook starts with a ``parameters`` cell and this set-up cell::
 
 from __future__ import annotations
 
+import os
 import platform
+from pathlib import Path
 
 from lamb import profiles
 
@@ -74,3 +76,35 @@ def setup(notebook: str, profile: str | None = None, *, quiet: bool = False):
         print(f"profile: {profile}")
         print("  ".join(f"{k}: {v}" for k, v in report.items()))
     return settings
+
+
+def results_dir(notebook: str, profile: str | None = None, *, create: bool = True) -> Path:
+    """Where ``notebook`` writes its result files at ``profile``: ``$LAMB_RESULTS_DIR/<notebook>/`` when
+    ``python -m lamb run`` set that variable (it points at ``results/<profile>/``), else
+    ``results/<profile>/<notebook>/`` under the working directory."""
+    profile = profiles.current_profile() if profile is None else profiles.check_profile(profile)
+    notebook = notebook.removesuffix(".ipynb").rsplit("/", 1)[-1]
+    root = os.environ.get("LAMB_RESULTS_DIR")
+    path = (Path(root) if root else Path("results") / profile) / notebook
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def full_scale_results(notebook: str, profiles_: tuple[str, ...] = ("gpu", "tpu")) -> dict[str, dict]:
+    """The exported results of full-scale runs of ``notebook`` that ship with the package,
+    ``lamb/results/<profile>/<notebook>.json``, as ``{profile: parsed JSON}`` (empty when none ships).
+
+    Only a real run writes such a file (``python -m lamb run NOTEBOOK --profile gpu --export``); its
+    ``environment`` entry names the device, versions, date and commit, for the figures' labels."""
+    import json
+    from importlib import resources
+
+    notebook = notebook.removesuffix(".ipynb").rsplit("/", 1)[-1]
+    found = {}
+    for profile in profiles_:
+        profiles.check_profile(profile)
+        path = resources.files("lamb") / "results" / profile / f"{notebook}.json"
+        if path.is_file():
+            found[profile] = json.loads(path.read_text(encoding="utf-8"))
+    return found

@@ -36,6 +36,21 @@ from types import MappingProxyType
 PROFILES = ("smoke", "cpu", "gpu", "tpu")
 DEFAULT_PROFILE = "cpu"
 
+#: Environment variable that asks for a dry run: a notebook executed at its (full-scale) settings with every
+#: training loop cut to two steps and every sweep to one trial (``python -m lamb run ... --dry-run``).
+DRY_RUN_ENV = "LAMB_DRY_RUN"
+#: The number of steps every training loop runs in a dry run.
+DRY_RUN_STEPS = 2
+
+
+def dry_run() -> bool:
+    """Whether this process is a dry run: ``LAMB_DRY_RUN`` set to anything but ``""``, ``"0"`` or ``"false"``.
+
+    Training loops of :mod:`lamb.experiments` then stop after :data:`DRY_RUN_STEPS` steps and sweeps train one
+    trial, so that full-scale shapes, data generation, result writing and plotting run for real on any device.
+    """
+    return os.environ.get(DRY_RUN_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
 
 def available_notebooks() -> list[str]:
     """The notebooks that have a settings file."""

@@ -174,3 +174,34 @@ def test_setup_refuses_an_accelerator_profile_without_the_accelerator(settings_d
     (settings_dir / "demo.toml").write_text("[common]\nsteps = 1\n")
     with pytest.raises(RuntimeError, match=f"profile '{profile}' needs a {profile.upper()}"):
         lamb.notebook.setup("demo", profile)
+
+
+def test_dry_run_flag_reads_the_environment(monkeypatch):
+    from lamb import profiles
+
+    for value, expected in [("", False), ("0", False), ("false", False), ("1", True), ("yes", True)]:
+        monkeypatch.setenv(profiles.DRY_RUN_ENV, value)
+        assert profiles.dry_run() is expected
+    monkeypatch.delenv(profiles.DRY_RUN_ENV)
+    assert profiles.dry_run() is False
+
+
+def test_results_dir_under_profile_or_environment(tmp_path, monkeypatch):
+    from lamb.notebook import results_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LAMB_RESULTS_DIR", raising=False)
+    assert results_dir("batch_size_scaling.ipynb", "smoke") == Path("results/smoke/batch_size_scaling")
+    assert (tmp_path / "results/smoke/batch_size_scaling").is_dir()
+    monkeypatch.setenv("LAMB_RESULTS_DIR", str(tmp_path / "out" / "gpu"))
+    assert results_dir("bert_large_batch", "gpu") == tmp_path / "out" / "gpu" / "bert_large_batch"
+    with pytest.raises(ValueError, match="unknown profile"):
+        results_dir("x", "huge")
+
+
+def test_full_scale_results_empty_when_none_ships():
+    from lamb.notebook import full_scale_results
+
+    assert full_scale_results("no_such_notebook") == {}
+    with pytest.raises(ValueError, match="unknown profile"):
+        full_scale_results("x", ("huge",))
