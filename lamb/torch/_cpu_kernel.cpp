@@ -50,21 +50,22 @@ inline double trust_ratio(double weight_norm, double update_norm, double clip_lo
 template <typename T>
 struct LambScalars {
   T sign, w1, beta2, one_minus_beta2, eps, weight_decay, a_m, a_g, b_v, b_g;
-  bool low_w1, nesterov;
 };
 
 // torch.lerp(start, end, w): start + w (end - start) for w < 0.5, else end - (end - start)(1 - w), written
-// as end + (w - 1)(end - start), which rounds identically and lets the choice vectorize as a select.
-template <typename T>
-inline T lerp(T start, T end, T w, bool low_w) {
-  return (low_w ? start : end) + (low_w ? w : w - T(1)) * (end - start);
+// as end + (w - 1)(end - start), which rounds identically. LOW_W (w < 0.5) is a compile-time choice: as a
+// run-time select inside the loop (the same for every element), GCC 12 kept N-LAMB's pass 1 scalar (no
+// vectorization of the loop actually run), which made fused N-LAMB/NN-LAMB 3-4.5x slower than fused LAMB.
+template <typename T, bool LOW_W>
+inline T lerp(T start, T end, T w) {
+  return LOW_W ? start + w * (end - start) : end + (w - T(1)) * (end - start);
 }
 
 // One element: new m and v (m_t = beta1 m + (1 - beta1) g, v_t = beta2 v + (1 - beta2) g^2), and returns u.
 // The scalars are passed by value so that the compiler need not reload them after every store.
-template <typename T, bool NESTEROV>
+template <typename T, bool NESTEROV, bool LOW_W>
 inline T lamb_element(const LambScalars<T> s, T x, T g, T* m, T* v) {
-  T mi = lerp(*m, g, s.w1, s.low_w1);
+  T mi = lerp<T, LOW_W>(*m, g, s.w1);
   T vi = *v * s.beta2 + s.one_minus_beta2 * g * g;
   *m = mi;
   *v = vi;
@@ -155,11 +156,11 @@ void pass1(Element element, const T* __restrict__ x, T* __restrict__ u_out, int6
   *u_norm = NORM == LINF ? double(u_max) : u_acc;
 }
 
-template <typename T, int NORM, bool ADAPT, bool NESTEROV>
+template <typename T, int NORM, bool ADAPT, bool NESTEROV, bool LOW_W>
 void lamb_pass1(const LambScalars<T> s, const T* __restrict__ x, const T* __restrict__ g, T* __restrict__ m,
                 T* __restrict__ v, T* __restrict__ u_out, int64_t lo, int64_t hi, bool stream, double* x_norm,
                 double* u_norm) {
-  pass1<T, NORM, ADAPT>([=](int64_t j) { return lamb_element<T, NESTEROV>(s, x[j], s.sign * g[j], m + j, v + j); },
+  pass1<T, NORM, ADAPT>([=](int64_t j) { return lamb_element<T, NESTEROV, LOW_W>(s, x[j], s.sign * g[j], m + j, v + j); },
                         x, u_out, lo, hi, stream, x_norm, u_norm);
 }
 
@@ -179,21 +180,20 @@ void apply_step(T* __restrict__ x, const T* __restrict__ u, int64_t lo, int64_t 
 template <typename T>
 struct LarsScalars {
   T sign, w1, weight_decay;
-  bool low_w1, nesterov;
 };
 
-template <typename T, bool NESTEROV>
+template <typename T, bool NESTEROV, bool LOW_W>
 inline T lars_element(const LarsScalars<T> s, T x, T g, T* m) {
   T d = s.sign * g + s.weight_decay * x;
-  T mi = lerp(*m, d, s.w1, s.low_w1);
+  T mi = lerp<T, LOW_W>(*m, d, s.w1);
   *m = mi;
-  return NESTEROV ? lerp(mi, d, s.w1, s.low_w1) : mi;
+  return NESTEROV ? lerp<T, LOW_W>(mi, d, s.w1) : mi;
 }
 
-template <typename T, int NORM, bool ADAPT, bool NESTEROV>
+template <typename T, int NORM, bool ADAPT, bool NESTEROV, bool LOW_W>
 void lars_pass1(const LarsScalars<T> s, const T* __restrict__ x, const T* __restrict__ g, T* __restrict__ m,
                 T* __restrict__ u_out, int64_t lo, int64_t hi, bool stream, double* x_norm, double* u_norm) {
-  pass1<T, NORM, ADAPT>([=](int64_t j) { return lars_element<T, NESTEROV>(s, x[j], g[j], m + j); }, x, u_out, lo,
+  pass1<T, NORM, ADAPT>([=](int64_t j) { return lars_element<T, NESTEROV, LOW_W>(s, x[j], g[j], m + j); }, x, u_out, lo,
                         hi, stream, x_norm, u_norm);
 }
 
@@ -268,34 +268,40 @@ void group_step(int64_t layers, const int64_t* numel, int threads, LayerFn layer
     if (numel[i] < kParallelMin) layer(i, 1);
 }
 
-// Pass 1 with the norm, layer adaptation on/off and Nesterov on/off known at compile time: each its own loop.
-template <template <typename, int, bool, bool> class Pass1, typename T, typename... Args>
-void dispatch_pass1(int norm, bool adapt, bool nesterov, Args... args) {
-  if (nesterov) {
-    if (!adapt) return Pass1<T, L2, false, true>::run(args...);
-    if (norm == L1) return Pass1<T, L1, true, true>::run(args...);
-    if (norm == L2) return Pass1<T, L2, true, true>::run(args...);
-    return Pass1<T, LINF, true, true>::run(args...);
-  }
-  if (!adapt) return Pass1<T, L2, false, false>::run(args...);
-  if (norm == L1) return Pass1<T, L1, true, false>::run(args...);
-  if (norm == L2) return Pass1<T, L2, true, false>::run(args...);
-  return Pass1<T, LINF, true, false>::run(args...);
+// Pass 1 with the norm, layer adaptation on/off, Nesterov on/off and the lerp's branch (w < 0.5) known at
+// compile time: each its own loop, with no run-time choice left inside it.
+template <template <typename, int, bool, bool, bool> class Pass1, typename T, bool NESTEROV, bool LOW_W,
+          typename... Args>
+void dispatch_norm(int norm, bool adapt, Args... args) {
+  if (!adapt) return Pass1<T, L2, false, NESTEROV, LOW_W>::run(args...);
+  if (norm == L1) return Pass1<T, L1, true, NESTEROV, LOW_W>::run(args...);
+  if (norm == L2) return Pass1<T, L2, true, NESTEROV, LOW_W>::run(args...);
+  return Pass1<T, LINF, true, NESTEROV, LOW_W>::run(args...);
 }
 
-template <typename T, int NORM, bool ADAPT, bool NESTEROV>
+template <template <typename, int, bool, bool, bool> class Pass1, typename T, typename... Args>
+void dispatch_pass1(int norm, bool adapt, bool nesterov, bool low_w, Args... args) {
+  if (nesterov) {
+    if (low_w) return dispatch_norm<Pass1, T, true, true>(norm, adapt, args...);
+    return dispatch_norm<Pass1, T, true, false>(norm, adapt, args...);
+  }
+  if (low_w) return dispatch_norm<Pass1, T, false, true>(norm, adapt, args...);
+  return dispatch_norm<Pass1, T, false, false>(norm, adapt, args...);
+}
+
+template <typename T, int NORM, bool ADAPT, bool NESTEROV, bool LOW_W>
 struct LambPass1 {
   static void run(LambScalars<T> s, const T* x, const T* g, T* m, T* v, T* u, int64_t lo, int64_t hi, bool stream,
                   double* a, double* b) {
-    lamb_pass1<T, NORM, ADAPT, NESTEROV>(s, x, g, m, v, u, lo, hi, stream, a, b);
+    lamb_pass1<T, NORM, ADAPT, NESTEROV, LOW_W>(s, x, g, m, v, u, lo, hi, stream, a, b);
   }
 };
 
-template <typename T, int NORM, bool ADAPT, bool NESTEROV>
+template <typename T, int NORM, bool ADAPT, bool NESTEROV, bool LOW_W>
 struct LarsPass1 {
   static void run(LarsScalars<T> s, const T* x, const T* g, T* m, T* u, int64_t lo, int64_t hi, bool stream,
                   double* a, double* b) {
-    lars_pass1<T, NORM, ADAPT, NESTEROV>(s, x, g, m, u, lo, hi, stream, a, b);
+    lars_pass1<T, NORM, ADAPT, NESTEROV, LOW_W>(s, x, g, m, u, lo, hi, stream, a, b);
   }
 };
 
@@ -309,19 +315,18 @@ void lamb_group(int64_t layers, T** x, T** g, T** m, T** v, const int64_t* numel
   // layer.
   const double neg_lr = hyper[0], beta1 = hyper[1], beta2 = hyper[2];
   const int norm = int(flags[0]), threads = int(flags[3]);
-  const bool adapt = flags[1] != 0, nesterov = flags[4] != 0;
+  const bool adapt = flags[1] != 0, nesterov = flags[4] != 0, low_w = std::fabs(1.0 - beta1) < 0.5;
   auto layer = [&](int64_t i, int layer_threads) {
     const double* c = coefficients + 4 * i;
     const LambScalars<T> s{T(flags[2] ? -1 : 1), T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(hyper[3]),
-                           T(hyper[4]), T(c[0]), T(c[1]), T(c[2]), T(c[3]), std::fabs(1.0 - beta1) < 0.5,
-                           nesterov};
+                           T(hyper[4]), T(c[0]), T(c[1]), T(c[2]), T(c[3])};
     T *xi = x[i], *mi = m[i], *vi = v[i], *ui = scratch + offsets[i];
     const T* gi = g[i];
     const bool stream = numel[i] * int64_t(sizeof(T)) >= flags[5];  // u with streaming stores
     ratios[i] = T(layer_step(
         numel[i], layer_threads, adapt, norm, hyper[5], hyper[6], neg_lr,
         [&](int64_t lo, int64_t hi, double* a, double* b) {
-          dispatch_pass1<LambPass1, T>(norm, adapt, nesterov, s, xi, gi, mi, vi, ui, lo, hi, stream, a, b);
+          dispatch_pass1<LambPass1, T>(norm, adapt, nesterov, low_w, s, xi, gi, mi, vi, ui, lo, hi, stream, a, b);
         },
         [&](int64_t lo, int64_t hi, double step) { apply_step<T>(xi, ui, lo, hi, T(step)); }));
   };
@@ -335,9 +340,8 @@ void lars_group(int64_t layers, T** x, T** g, T** m, const int64_t* numel, const
   // stream_min_bytes
   const double neg_lr = hyper[0], beta1 = hyper[1];
   const int norm = int(flags[0]), threads = int(flags[3]);
-  const bool adapt = flags[1] != 0, nesterov = flags[4] != 0;
-  const LarsScalars<T> s{T(flags[2] ? -1 : 1), T(1.0 - beta1), T(hyper[2]), std::fabs(1.0 - beta1) < 0.5,
-                         nesterov};
+  const bool adapt = flags[1] != 0, nesterov = flags[4] != 0, low_w = std::fabs(1.0 - beta1) < 0.5;
+  const LarsScalars<T> s{T(flags[2] ? -1 : 1), T(1.0 - beta1), T(hyper[2])};
   auto layer = [&](int64_t i, int layer_threads) {
     T *xi = x[i], *mi = m[i], *ui = scratch + offsets[i];
     const T* gi = g[i];
@@ -345,7 +349,7 @@ void lars_group(int64_t layers, T** x, T** g, T** m, const int64_t* numel, const
     ratios[i] = T(layer_step(
         numel[i], layer_threads, adapt, norm, hyper[3], hyper[4], neg_lr,
         [&](int64_t lo, int64_t hi, double* a, double* b) {
-          dispatch_pass1<LarsPass1, T>(norm, adapt, nesterov, s, xi, gi, mi, ui, lo, hi, stream, a, b);
+          dispatch_pass1<LarsPass1, T>(norm, adapt, nesterov, low_w, s, xi, gi, mi, ui, lo, hi, stream, a, b);
         },
         [&](int64_t lo, int64_t hi, double step) { apply_step<T>(xi, ui, lo, hi, T(step)); }));
   };
