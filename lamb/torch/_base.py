@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _foreach_supported_types
+from torch.optim.optimizer import _device_dtype_check_for_fused, _foreach_supported_types, _get_scalar_dtype
 
 from ..reference import check_norm, check_trust_clip
 from ._functional import _compute_dtype
@@ -81,6 +81,15 @@ class LayerwiseOptimizer(Optimizer):
         for group in self.param_groups:
             for key, value in self._option_defaults.items():
                 group.setdefault(key, value)
+            # A state dict may hold the counters as numbers (torch's test_load_nontensor_step does so; older
+            # or hand-made ones too): back to host tensors, as torch.optim.Adam's __setstate__ does.
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if "step" in p_state and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_get_scalar_dtype())
+                for key in self._host_float64_state:
+                    if key in p_state and not torch.is_tensor(p_state[key]):
+                        p_state[key] = torch.tensor(float(p_state[key]), dtype=torch.float64)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -111,6 +120,9 @@ class LayerwiseOptimizer(Optimizer):
             if p.grad is None:
                 continue
             self._check_grad(p)
+            if group["fused"]:
+                # torch.optim's check and message (e.g. for meta tensors), before any state is created.
+                _device_dtype_check_for_fused(p)
             params.append(p)
             grads.append(p.grad)
             yield p, self.state[p]

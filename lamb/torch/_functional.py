@@ -30,6 +30,8 @@ trust ratio is that of the whole layer (paper, Algorithm 2: :math:`\|x_t^{(i)}\|
 from __future__ import annotations
 
 import math
+import types
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -243,9 +245,10 @@ def _advance_counters(state_steps, mu_products, beta1, nesterov, momentum_decay)
 
 
 def _scaled_step(lr, trust_ratio: Tensor) -> Tensor:
-    """-lr * trust_ratio, a device tensor (lr may be a float or a 1-element tensor)."""
+    """-lr * trust_ratio, a device tensor of trust_ratio's shape (lr may be a float or a 1-element tensor of
+    any shape, e.g. (1, 1), which must not broadcast the result to more dimensions)."""
     if isinstance(lr, Tensor):
-        return trust_ratio * lr.to(device=trust_ratio.device, dtype=trust_ratio.dtype).neg()
+        return trust_ratio * lr.reshape(()).to(device=trust_ratio.device, dtype=trust_ratio.dtype).neg()
     return trust_ratio * (-lr)
 
 
@@ -398,24 +401,52 @@ def _lars_layer_kernel(x, g, m, neg_lr, beta1, weight_decay, clip_lo, clip_hi, n
     return _layer_step(x, xc, u, neg_lr, clip_lo, clip_hi, norm, layer_adaptation)
 
 
-_COMPILED: dict[str, object] = {}
+_COMPILED: dict[tuple, object] = {}
+_COMPILE_BACKEND = "inductor"
 
-
-# Each variant (nesterov, norm, layer_adaptation, maximize), dtype and the 1-element case is one graph of the
-# same function; torch's default limit of 8 graphs per function would silently fall back to eager.
+# Graphs per configuration (one compiled copy of the kernel per configuration, see _compiled): the 1-element
+# case and layouts that do not flatten each add one; torch's default of 8 would silently fall back to eager.
 _RECOMPILE_LIMIT = 64
+_warned_recompile_limit = False
 
 
-def _compiled(kernel):
-    """torch.compile'd kernel, created on first use; layer lengths are symbolic (one compile for all sizes)."""
-    name = kernel.__name__
-    if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(kernel, dynamic=True, fullgraph=True)
-    return _COMPILED[name]
+def _compiled(kernel, configuration: tuple):
+    """The torch.compile'd kernel for one configuration (static options, dtypes, device type), made on first use;
+    layer lengths are symbolic (one compile for all sizes).
+
+    Dynamo keeps its graphs, and counts them against ``recompile_limit``, per *code object*. One compiled
+    function for every configuration let a process that built many optimizers (variants x dtypes x the
+    1-element case) reach the limit, and with ``fullgraph=True`` the next step raised
+    ``FailOnRecompileLimitHit`` mid-training. Each configuration therefore gets its own copy of the kernel's
+    code, so how many configurations a process uses never matters.
+    """
+    key = (kernel.__name__, _COMPILE_BACKEND, *configuration)
+    if key not in _COMPILED:
+        code = kernel.__code__.replace()  # a new code object: a fresh graph cache and count for Dynamo
+        copy = types.FunctionType(code, kernel.__globals__, kernel.__name__, kernel.__defaults__, kernel.__closure__)
+        _COMPILED[key] = torch.compile(copy, dynamic=True, fullgraph=True, backend=_COMPILE_BACKEND)
+    return _COMPILED[key]
 
 
-def _recompile_limit():
-    return torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT)
+def _call_compiled(kernel, configuration: tuple, *args):
+    """Runs the compiled kernel of ``configuration`` on ``args``; past the recompile limit within that one
+    configuration (many layouts that do not flatten), the same kernel eagerly, with one warning per process."""
+    global _warned_recompile_limit
+    compiled = _compiled(kernel, configuration)
+    if compiled is kernel:
+        return kernel(*args)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            return compiled(*args)
+    except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before the graph runs: nothing was written
+        _COMPILED[(kernel.__name__, _COMPILE_BACKEND, *configuration)] = kernel
+        if not _warned_recompile_limit:
+            _warned_recompile_limit = True
+            warnings.warn(f"fused=True: torch.compile reached its recompile limit ({_RECOMPILE_LIMIT} graphs) for "
+                          f"{kernel.__name__} with {configuration}; these layers now step with the same kernel "
+                          f"run eagerly (same arithmetic, slower). Raise lamb.torch._functional._RECOMPILE_LIMIT "
+                          f"to compile more layouts.", stacklevel=4)
+        return kernel(*args)
 
 
 def _flat(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -443,7 +474,7 @@ def _check_fused(params) -> None:
 
 
 def _neg_lr(lr, device):
-    return -lr if not isinstance(lr, Tensor) else lr.to(device).neg()
+    return -lr if not isinstance(lr, Tensor) else lr.reshape(()).to(device).neg()
 
 
 def _fused_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_products, *, lr, beta1, beta2, eps,
@@ -473,14 +504,13 @@ def _fused_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_products, 
         for i, rho in zip(indices, group_ratios.unbind()):
             ratios[i] = rho
     rest = [i for i in range(len(params)) if ratios[i] is None]
-    if rest:  # GPUs, fp16/bf16, layouts the kernel does not take: torch.compile, layer by layer
-        kernel = _compiled(_lamb_layer_kernel)
-        with _recompile_limit():
-            for i in rest:
-                a_m, a_g, b_v, b_g = coefficients(i)
-                xf, gf, mf, vf = layers[i]
-                ratios[i] = kernel(xf, gf, mf, vf, _neg_lr(lr, xf.device), beta1, beta2, eps, weight_decay, a_m,
-                                   a_g, b_v, b_g, clip_lo, clip_hi, nesterov, norm, layer_adaptation, maximize)
+    for i in rest:  # GPUs, fp16/bf16, layouts the kernel does not take: torch.compile, layer by layer
+        a_m, a_g, b_v, b_g = coefficients(i)
+        xf, gf, mf, vf = layers[i]
+        configuration = (nesterov, norm, layer_adaptation, maximize, xf.dtype, gf.dtype, mf.dtype, xf.device.type)
+        ratios[i] = _call_compiled(_lamb_layer_kernel, configuration, xf, gf, mf, vf, _neg_lr(lr, xf.device), beta1,
+                                   beta2, eps, weight_decay, a_m, a_g, b_v, b_g, clip_lo, clip_hi, nesterov, norm,
+                                   layer_adaptation, maximize)
     return ratios
 
 
@@ -608,13 +638,12 @@ def _fused_lars(params, grads, momenta, *, lr, beta1, weight_decay, norm, trust_
         for i, rho in zip(indices, group_ratios.unbind()):
             ratios[i] = rho
     rest = [i for i in range(len(params)) if ratios[i] is None]
-    if rest:
-        kernel = _compiled(_lars_layer_kernel)
-        with _recompile_limit():
-            for i in rest:
-                xf, gf, mf = layers[i]
-                ratios[i] = kernel(xf, gf, mf, _neg_lr(lr, xf.device), beta1, weight_decay, clip_lo, clip_hi,
-                                   bool(nesterov), norm, layer_adaptation, maximize)
+    for i in rest:
+        xf, gf, mf = layers[i]
+        configuration = (bool(nesterov), norm, layer_adaptation, maximize, xf.dtype, gf.dtype, mf.dtype,
+                         xf.device.type)
+        ratios[i] = _call_compiled(_lars_layer_kernel, configuration, xf, gf, mf, _neg_lr(lr, xf.device), beta1,
+                                   weight_decay, clip_lo, clip_hi, bool(nesterov), norm, layer_adaptation, maximize)
     return ratios
 
 

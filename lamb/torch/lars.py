@@ -39,7 +39,8 @@ class Lars(LayerwiseOptimizer):
 
     Args:
         params: parameters or param groups; every option can be set per group.
-        lr: :math:`\eta_t` (float or 1-element tensor). Required: LARS's learning rate depends on the batch.
+        lr: :math:`\eta_t` (float or 1-element tensor). Default 1e-3, as ``torch.optim.SGD`` (so that param
+            groups may each set their own); LARS's learning rate depends on the batch size, so set it.
         momentum: :math:`\beta_1` in [0, 1). Default 0.9.
         weight_decay: :math:`\lambda`, added to the gradient inside the momentum (Algorithm 1). Default 0.
         norm: ``"l2"`` (default), ``"l1"`` or ``"linf"``.
@@ -56,7 +57,7 @@ class Lars(LayerwiseOptimizer):
     _option_defaults = {**LayerwiseOptimizer._option_defaults, "nesterov": False}
     _device_state = ("exp_avg",)
 
-    def __init__(self, params: ParamsT, lr: float | Tensor, momentum: float = 0.9, weight_decay: float = 0.0, *,
+    def __init__(self, params: ParamsT, lr: float | Tensor = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *,
                  norm: str = "l2", trust_clip: tuple[float, float] | None = None, nesterov: bool = False,
                  layer_adaptation: bool = True, maximize: bool = False, foreach: bool | None = None,
                  fused: bool | None = None) -> None:
