@@ -162,3 +162,16 @@ def test_lars_torch_and_jax_train_alike(option):
     theirs = train_torch(lambda w: Lars(groups(w, decay_mask, adaptation_mask, wd), lr=lr, momentum=0.9,
                                         weight_decay=wd, **options))
     compare(ours, theirs)
+
+
+def test_both_frameworks_reject_complex_parameters_alike():
+    """The choice for complex parameters is the same everywhere: a TypeError at construction/init naming the
+    dtype and pointing to the real view (lamb.reference raises too)."""
+    pattern = r"does not support complex parameters \(got one of dtype (torch\.)?complex64 and shape \(3,\)\)"
+    with pytest.raises(TypeError, match=pattern):
+        Lamb([torch.nn.Parameter(torch.ones(3, dtype=torch.complex64))])
+    with pytest.raises(TypeError, match=pattern):
+        Lars([torch.nn.Parameter(torch.ones(3, dtype=torch.complex64))], lr=0.1)
+    for tx in (lj.lamb(0.1), lj.lars(0.1)):
+        with pytest.raises(TypeError, match=pattern):
+            tx.init([jnp.ones(3, jnp.complex64)])

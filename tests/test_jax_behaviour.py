@@ -198,3 +198,29 @@ def test_good_edge_values_are_accepted():
     lj.lamb(0.0, b1=0.0, b2=0.0, eps=0.0, weight_decay=0.0, trust_clip=(0.0, float("inf")), momentum_decay=0.0)
     lj.lamb(np.float32(0.1), b1=jnp.asarray(0.9), weight_decay=np.float64(0.01), trust_clip=[0.5, 2])
     lj.lars(jnp.asarray(0.1), momentum=0.0, mask=True, layer_adaptation_mask=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Complex parameters: rejected at init (and complex updates at update), as lamb.torch and lamb.reference do.
+
+
+@pytest.mark.parametrize("make", [
+    lambda: lj.lamb(1e-2), lambda: lj.lamb(1e-2, nesterov="nn", trust_clip=(0.1, 10.0)), lambda: lj.lars(1e-2),
+    lambda: lj.scale_by_adam(), lambda: lj.scale_by_nesterov_adam(), lambda: lj.scale_by_ema_momentum(),
+    lambda: lj.scale_by_trust_ratio(),
+], ids=["lamb", "nnlamb-clip", "lars", "scale_by_adam", "scale_by_nesterov_adam", "scale_by_ema_momentum",
+        "scale_by_trust_ratio"])
+def test_complex_parameters_are_rejected_at_init_with_a_clear_error(make):
+    """Silently wrong before (g^2 instead of |g|^2 in nu, a complex nu, trust_clip's "Clip received a complex
+    value"); now a TypeError at init naming the dtype and the way out, the words of lamb.torch's error."""
+    params = {"w": jnp.ones((2, 3), jnp.complex64), "b": jnp.zeros(3)}
+    with pytest.raises(TypeError, match=r"does not support complex parameters .*complex64.*\(2, 3\).*real"):
+        make().init(params)
+
+
+def test_complex_updates_for_real_parameters_are_rejected():
+    tx = lj.lamb(1e-2)
+    params = {"w": jnp.ones((2, 3))}
+    state = tx.init(params)
+    with pytest.raises(TypeError, match=r"does not support complex .*complex64"):
+        tx.update({"w": jnp.ones((2, 3), jnp.complex64)}, state, params)

@@ -17,7 +17,7 @@ import numpy as np
 from ..reference import check_nesterov, check_norm, check_trust_clip
 
 __all__ = ["check_nesterov", "check_norm", "check_trust_clip", "check_nonnegative", "check_beta",
-           "check_learning_rate", "check_bool", "check_momentum_decay"]
+           "check_learning_rate", "check_bool", "check_momentum_decay", "check_real"]
 
 
 def _concrete_real(name: str, value):
@@ -86,3 +86,19 @@ def check_mask(name: str, mask) -> None:
         ):
             raise TypeError(f"{name} must be a pytree of bools (one per parameter array) or a callable returning "
                             f"one, got a leaf {leaf!r} of type {type(leaf).__name__}")
+
+
+def check_real(name: str, tree, what: str = "parameters") -> None:
+    """Every array of ``tree`` real, else a TypeError naming its dtype and shape (checked at trace time: the dtype
+    is static, so this costs nothing under jit).
+
+    Complex parameters are rejected, as by :mod:`lamb.torch` and :mod:`lamb.reference`: the moments would need
+    :math:`|g|^2` and the trust ratio a norm of the real view, conventions the paper does not define. A complex
+    parameter can be optimized as its real view (real and imaginary parts as two real entries).
+    """
+    for leaf in jax.tree.leaves(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and np.issubdtype(dtype, np.complexfloating):
+            raise TypeError(f"{name} does not support complex {what} (got one of dtype {dtype} and shape "
+                            f"{tuple(leaf.shape)}); optimize its real view instead, e.g. "
+                            f"jnp.stack([p.real, p.imag], axis=-1)")

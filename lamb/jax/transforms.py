@@ -127,12 +127,14 @@ def scale_by_adam(
     mu_dtype = optax._src.utils.canonicalize_dtype(mu_dtype)
 
     def init_fn(params):
+        _checks.check_real("lamb.jax.scale_by_adam", params)
         mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_state_dtype(p, mu_dtype)), params)
         nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_at_least_float32(p.dtype)), params)
         return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
     def update_fn(updates, state, params=None):
         del params
+        _checks.check_real("lamb.jax.scale_by_adam", updates, "updates")
         # The gradient is raised to the moments' precision before it is squared.
         mu = jax.tree.map(lambda g, m: (1 - b1) * g.astype(m.dtype) + b1 * m, updates, state.mu)
         nu = jax.tree.map(lambda g, v: (1 - b2) * jnp.square(g.astype(v.dtype)) + b2 * v, updates, state.nu)
@@ -240,6 +242,7 @@ def scale_by_nesterov_adam(
     mu_dtype = optax._src.utils.canonicalize_dtype(mu_dtype)
 
     def init_fn(params):
+        _checks.check_real("lamb.jax.scale_by_nesterov_adam", params)
         mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_state_dtype(p, mu_dtype)), params)
         nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_at_least_float32(p.dtype)), params)
         return ScaleByNesterovAdamState(count=jnp.zeros([], jnp.int32),
@@ -247,6 +250,7 @@ def scale_by_nesterov_adam(
 
     def update_fn(updates, state, params=None):
         del params
+        _checks.check_real("lamb.jax.scale_by_nesterov_adam", updates, "updates")
         count_inc = optax.safe_increment(state.count)
         t = count_inc.astype(state.mu_product.dtype)
         beta1_t = momentum_schedule(b1, t, momentum_decay)
@@ -327,11 +331,13 @@ def scale_by_ema_momentum(
     accumulator_dtype = optax._src.utils.canonicalize_dtype(accumulator_dtype)
 
     def init_fn(params):
+        _checks.check_real("lamb.jax.scale_by_ema_momentum", params)
         return ScaleByEmaMomentumState(
             mu=jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_state_dtype(p, accumulator_dtype)), params))
 
     def update_fn(updates, state, params=None):
         del params
+        _checks.check_real("lamb.jax.scale_by_ema_momentum", updates, "updates")
         mu = jax.tree.map(lambda d, m: (1 - decay) * d.astype(m.dtype) + decay * m, updates, state.mu)
         if nesterov:
             updates = jax.tree.map(lambda d, m: decay * m + (1 - decay) * d.astype(m.dtype), updates, mu)
@@ -427,12 +433,14 @@ def scale_by_trust_ratio(norm: str = "l2", trust_clip=None) -> optax.GradientTra
     trust_clip = _checks.check_trust_clip(trust_clip)
 
     def init_fn(params):
+        _checks.check_real("lamb.jax.scale_by_trust_ratio", params)
         return ScaleByTrustRatioState(
             trust_ratio=jax.tree.map(lambda p: jnp.ones([], _at_least_float32(p.dtype)), params))
 
     def update_fn(updates, state, params):
         if params is None:
             raise ValueError(optax._src.base.NO_PARAMS_MSG)
+        _checks.check_real("lamb.jax.scale_by_trust_ratio", updates, "updates")
 
         def ratio(u, x, old_ratio):
             dtype = jnp.promote_types(_at_least_float32(u.dtype), x.dtype)
