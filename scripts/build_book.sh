@@ -6,7 +6,10 @@
 # jupyter-cache (`execute_notebooks: cache`), which re-runs a notebook only when its code cells change and
 # does NOT notice edits to the package (lamb/, lamb/settings/) or to the pinned requirements: this script
 # keeps a fingerprint of those beside the cache and clears the cache when it changes, so a rebuild after a
-# package edit re-executes every notebook. `--all` makes Sphinx re-read every page.
+# package edit re-executes every notebook. The package's own caches (tuning.sweep's runs under
+# results/cache/, generated data under ~/.cache/lamb) need no clearing: their keys include the fingerprint of the
+# source that made them (lamb.fingerprint), so runs of older code are never read. `--all` makes Sphinx re-read
+# every page.
 set -euo pipefail
 profile=${1:?usage: build_book.sh PROFILE OUTPUT_ROOT}
 root=${2:?usage: build_book.sh PROFILE OUTPUT_ROOT}

@@ -389,3 +389,22 @@ def test_datasets_are_learnable_as_published():
     assert 0.25 < accuracy < 0.40
     ds = data.load("digits")
     assert LogisticRegression(max_iter=500).fit(ds.x_train, ds.y_train).score(ds.x_test, ds.y_test) > 0.9
+
+
+def test_the_generated_data_cache_is_keyed_by_the_generators_source(tmp_path, monkeypatch):
+    """An edit to the module that makes MNIST-1D (our wrapper of its generator) never reads the old code's data."""
+    import shutil
+    from pathlib import Path
+
+    import lamb
+    from lamb import fingerprint
+
+    source = tmp_path / "lamb_source"
+    shutil.copytree(Path(lamb.__file__).parent, source, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE_ROOT", source)
+    before = data.load_mnist1d(seed=0, num_samples=100).info["cache_file"]
+    assert data.load_mnist1d(seed=0, num_samples=100).info["cache_file"] == before
+    module = source / "experiments" / "data.py"
+    module.write_text(module.read_text() + "\n# an edit to the generator's module\n")
+    after = data.load_mnist1d(seed=0, num_samples=100).info["cache_file"]
+    assert after != before and Path(after).exists()

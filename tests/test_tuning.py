@@ -71,3 +71,30 @@ def test_reductions_and_bad_inputs():
         tuning.sweep(_fake_train([]), ["a"], [0.1, -1.0], config={})
     with pytest.raises(ValueError, match="optimizers"):
         tuning.sweep(_fake_train([]), "a", [0.1], config={})
+
+
+def test_an_edit_to_the_optimizer_invalidates_a_cached_sweep(tmp_path, monkeypatch):
+    """Cached runs are keyed by the package's source too: after a change to lamb.jax (here in a copy of the
+    package's source), the same sweep trains every run again instead of reading the old code's results."""
+    import shutil
+    from pathlib import Path
+
+    import lamb
+    from lamb import fingerprint
+
+    source = tmp_path / "lamb"
+    shutil.copytree(Path(lamb.__file__).parent, source, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE_ROOT", source, raising=False)
+    calls, cache = [], tmp_path / "cache"
+    config = {"task": "synthetic", "steps": 10}
+    first = tuning.sweep(_fake_train(calls), ["a"], [0.001, 0.01], config=config, cache_dir=cache)
+    again = tuning.sweep(_fake_train(calls), ["a"], [0.001, 0.01], config=config, cache_dir=cache)
+    assert (first.trained, again.trained, again.cached) == (2, 0, 2)
+    transforms = source / "jax" / "transforms.py"
+    transforms.write_text(transforms.read_text() + "\nDEFAULT_EPS = 1e-6  # an edit to the optimizer's module\n")
+    calls.clear()
+    after_edit = tuning.sweep(_fake_train(calls), ["a"], [0.001, 0.01], config=config, cache_dir=cache)
+    assert after_edit.trained == 2 and after_edit.cached == 0 and len(calls) == 2
+    # the settings and the notebooks are not code: only what computes a run keys it
+    (source / "settings" / "04_lamb.toml").write_text("[common]\n")
+    assert tuning.sweep(_fake_train(calls), ["a"], [0.001, 0.01], config=config, cache_dir=cache).cached == 2

@@ -60,6 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lamb.fingerprint import source_fingerprint
+
 __all__ = [
     "Dataset",
     "IMAGENET_MEAN",
@@ -254,7 +256,9 @@ def load_mnist1d(seed: int = 0, num_samples: int | None = None, *, train_split: 
         raise ValueError(f"train_split={train_split} leaves an empty split of num_samples={num_samples}")
 
     version = _package_version("mnist1d")
-    path = cache_dir() / (_cache_key("mnist1d", dict(args, package_version=version, format=1)) + ".npz")
+    # Keyed by the generating code too (this module's source): an edit to it never reads data it made before.
+    path = cache_dir() / (_cache_key("mnist1d", dict(args, package_version=version, format=1,
+                                                     generator=source_fingerprint("experiments/data.py"))) + ".npz")
     arrays = None
     if cache and path.exists():
         try:

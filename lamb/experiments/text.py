@@ -69,6 +69,13 @@ import numpy as np
 
 from lamb.experiments.data import (_cache_key, _check_int, _package_version, _save_npz_atomic, batch_stream,
                                    cache_dir, epoch_order, num_batches, rng)
+from lamb.fingerprint import source_fingerprint
+
+
+def _generator() -> str:
+    """The fingerprint of this module's source: part of every cache key here, so that an edit to how the corpus,
+    the tokenizer or the ids are made never reads what the old code made."""
+    return source_fingerprint("experiments/text.py")
 
 __all__ = [
     "IGNORE_INDEX",
@@ -160,7 +167,8 @@ def corpus(packages: Sequence[str] = (), cache: bool = True) -> list[tuple[str, 
         if not isinstance(p, str) or not p.isidentifier():
             raise ValueError(f"packages must be importable top-level package names, got {p!r}")
     versions = {p: _package_version(p if p != "sklearn" else "scikit-learn") for p in packages}
-    key = {"python": sys.version, "packages": versions, "min_chars": _MIN_DOCSTRING_CHARS, "format": 2}
+    key = {"python": sys.version, "packages": versions, "min_chars": _MIN_DOCSTRING_CHARS, "format": 2,
+           "generator": _generator()}
     path = cache_dir() / (_cache_key("mlm-corpus", key) + ".json")
     if cache and path.exists():
         try:
@@ -317,7 +325,7 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int = 8192, cache: bool = 
 
     vocab_size = _check_int("vocab_size", vocab_size, len(SPECIAL_TOKENS) + 1)
     key = {"texts": _texts_digest(texts), "vocab_size": vocab_size, "tokenizers": _package_version("tokenizers"),
-           "format": 2}
+           "format": 2, "generator": _generator()}
     path = cache_dir() / (_cache_key("wordpiece", key) + ".json")
     if cache and path.exists():
         try:
@@ -470,7 +478,8 @@ def mlm_from_texts(train_texts: Sequence[str], validation_texts: Sequence[str], 
                 raise ValueError(f"tokenizer must give {token} the id {i} (SPECIAL_TOKENS order), got "
                                  f"{tokenizer.token_to_id(token)}")
     ids_key = {"train": _texts_digest(train_texts), "validation": _texts_digest(validation_texts),
-               "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(), "format": 1}
+               "tokenizer": hashlib.sha256(tokenizer.to_str().encode()).hexdigest(), "format": 1,
+               "generator": _generator()}
     path = cache_dir() / (_cache_key("mlm-ids", ids_key) + ".npz")
     arrays = None
     if cache and path.exists():

@@ -13,9 +13,12 @@ The paper's Figure 4 compares optimizers that were each "carefully tuned" over o
     result.best["lamb"]        # (best learning rate, its score)
 
 Each run ``(optimizer, learning rate)`` is cached as one JSON file (its history) under ``cache_dir``, named by
-the SHA-256 of the canonical JSON of ``config`` plus the optimizer's name and the learning rate.
-``config`` must describe *everything* that changes a run other than the optimizer's name and rate (model,
-data, steps, batch size, seeds, other hyperparameters): two sweeps with the same config share their runs.
+the SHA-256 of the canonical JSON of ``config`` plus the optimizer's name, the learning rate and the package's
+source fingerprint (:func:`lamb.fingerprint.package_fingerprint`: every source file of ``lamb`` and the versions
+of numpy, jax, optax and torch). ``config`` must describe *everything* else that changes a run (model, data,
+steps, batch size, seeds, other hyperparameters): two sweeps with the same config and the same code share their
+runs, and after an edit to the package (an optimizer fix, say) every run is trained again, never read from the
+runs of the old code. Files of older code are left in ``cache_dir`` unused (delete the folder to reclaim them).
 A run whose metric is NaN (diverged) scores worst; a best rate at the edge of the grid is reported in
 :attr:`SweepResult.at_edge` (the grid should be widened).
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from lamb.experiments.train import _arrays, _jsonable, config_hash
+from lamb.fingerprint import package_fingerprint
 
 __all__ = ["FIGURE4_LR_GRID", "SweepResult", "sweep", "score", "cache_key"]
 
@@ -70,9 +74,12 @@ class SweepResult:
         return np.asarray(lrs), np.asarray([self.scores[optimizer][lr] for lr in lrs])
 
 
-def cache_key(config: Mapping, optimizer: str, learning_rate: float) -> str:
-    """The cache file's stem: a hash of ``config`` with the optimizer's name and learning rate."""
-    return config_hash({"config": dict(config), "optimizer": optimizer, "learning_rate": float(learning_rate)})
+def cache_key(config: Mapping, optimizer: str, learning_rate: float, code: str | None = None) -> str:
+    """The cache file's stem: a hash of ``config`` with the optimizer's name, the learning rate and ``code``, the
+    source fingerprint of the code that trains the run (default :func:`lamb.fingerprint.package_fingerprint`)."""
+    code = package_fingerprint() if code is None else code
+    return config_hash({"config": dict(config), "optimizer": optimizer, "learning_rate": float(learning_rate),
+                        "code": code})
 
 
 def score(history: Mapping, metric: str, reduction: str = "final", higher_is_better: bool = True) -> float:
@@ -125,12 +132,13 @@ def sweep(train: Callable[[str, float], object], optimizers: Sequence[str], lr_g
 
         higher_is_better = metric not in LOWER_IS_BETTER
     cache = None if cache_dir is None else Path(cache_dir)
+    code = package_fingerprint() if cache is not None else None  # once per sweep: the code of all its runs
     histories, scores, best, at_edge = {}, {}, {}, []
     trained = cached = 0
     for name in optimizers:
         histories[name], scores[name] = {}, {}
         for lr in grids[name]:
-            path = None if cache is None else cache / f"{cache_key(config, name, lr)}.json"
+            path = None if cache is None else cache / f"{cache_key(config, name, lr, code)}.json"
             if path is not None and path.exists():
                 history = _arrays(json.loads(path.read_text())["history"])
                 cached += 1
@@ -140,7 +148,7 @@ def sweep(train: Callable[[str, float], object], optimizers: Sequence[str], lr_g
                 trained += 1
                 if path is not None:
                     _write_atomic(path, {"config": _jsonable(dict(config)), "optimizer": name, "learning_rate": lr,
-                                         "history": _jsonable(history)})
+                                         "code": code, "history": _jsonable(history)})
             histories[name][lr] = history
             scores[name][lr] = score(history, metric, reduction, higher_is_better)
         pick = max if higher_is_better else min
