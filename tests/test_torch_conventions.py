@@ -170,3 +170,17 @@ def test_a_configuration_past_the_recompile_limit_falls_back_with_one_warning(fa
     assert sum("recompile limit" in str(w.message) for w in record) == 1
     for a, b in zip(fused, foreach):
         torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=1e-2)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_zero_gradients_move_the_weights_unless_weight_decay_is_zero(path):
+    """As the docstring says: from a fresh state, a zero gradient and weight decay give x <- (1 - lr) x (the decay
+    term alone, scaled by the trust ratio); PyTorch's no-op check holds with weight_decay=0."""
+    for weight_decay, factor in ((0.01, 0.9), (0.0, 1.0)):
+        params = _params()
+        before = [p.detach().clone() for p in params]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        Lamb(params, lr=0.1, weight_decay=weight_decay, **PATHS[path]).step()
+        for p, x in zip(params, before):
+            torch.testing.assert_close(p.detach(), factor * x)

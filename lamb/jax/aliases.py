@@ -72,6 +72,17 @@ def lamb(
     optax's ``weight_decay`` defaults to 0; ours to 0.01, BERT's value. optax keeps :math:`v_t` in the
     parameters' dtype; we keep it in at least float32.
 
+    Zero gradients do not make a no-op step: from a fresh state (:math:`m = v = 0`) with ``weight_decay``
+    :math:`\lambda > 0`, :math:`u_t = \lambda x_t` and the trust ratio scales it to :math:`\eta \|x_t\|` (the
+    weights shrink by :math:`1 - \eta`); only ``weight_decay=0`` leaves them unchanged.
+
+    **Dtypes.** For bf16/fp16 parameters the moments, the arithmetic and the *updates* are float32 by design
+    (``optax.apply_updates`` then rounds once into the parameter's dtype): a bf16 update of a bf16 weight would
+    round twice, and bf16 cannot hold :math:`v_t`'s small increments. optax's own optimizers return updates in
+    the gradient's dtype; to get that, cast the output:
+    ``updates = jax.tree.map(lambda u, g: u.astype(g.dtype), updates, grads)``. Complex parameters are rejected at ``init`` (as :class:`lamb.torch.Lamb` does): optimize their real
+    view.
+
     With every layer outside ``layer_adaptation_mask`` this is AdamW (``optax.adamw`` with the same
     ``eps``, ``weight_decay`` and ``mask``; tested).
 

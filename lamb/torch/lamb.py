@@ -76,6 +76,12 @@ class Lamb(LayerwiseOptimizer):
     :math:`\rho_t^{(i)}` of the last step, a 0-d tensor on the parameter's device. Reading it is the caller's
     choice; the optimizer never does (no device sync).
 
+    Zero gradients do not make a no-op step: from a fresh state, with ``weight_decay`` :math:`\lambda > 0`, the
+    update :math:`u_t = r_t + \lambda x_t` is :math:`\lambda x_t` (:math:`m = v = 0` give :math:`r_t = 0`), and the trust
+    ratio scales it to :math:`\eta \|x_t\|`, so the weights shrink by the factor :math:`1 - \eta` per step
+    whatever :math:`\lambda` is. PyTorch's "zero gradients change nothing" check holds for ``weight_decay=0``
+    (the default 0.01 is BERT's).
+
     Mixed precision: fp16/bf16 parameters get fp32 moments, fp32 norms and fp32 arithmetic, rounded once
     when written back. ``torch.amp.GradScaler`` works as with ``torch.optim.AdamW`` (foreach): ``scaler.step``
     unscales the gradients and skips the step when one is not finite. FSDP2 (``fully_shard``, DTensor
