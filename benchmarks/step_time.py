@@ -9,6 +9,12 @@ the optimizer's step is timed.
     .venv/bin/python benchmarks/step_time.py --only adamw lamb    # names start with these prefixes
     .venv/bin/python benchmarks/step_time.py --layers 2 --steps 3 # a quick smoke run
     .venv/bin/python benchmarks/step_time.py --alternate --only adamw "lamb f"  # all alive, stepped in turn
+    .venv/bin/python benchmarks/step_time.py --alternate --only "lamb fused" --layers 2  # the Nesterov check
+
+Regression check: when "Lamb fused" and its Nesterov variants ran, the script prints their ratio and exits with
+status 1 if one is over ``--max-nesterov-ratio`` (default 1.25): N-LAMB/NN-LAMB move the same bytes as LAMB
+(a few more flops per element), so a larger ratio means a variant lost its vectorized kernel (it once ran 3-4.5x
+slower because GCC kept its loop scalar).
 
 timm and torch-optimizer are optional (benchmark only, never in requirements.txt). Install them without
 letting pip touch torch: ``pip install --no-deps timm torch-optimizer pytorch-ranger``. timm's ``Lamb`` is
@@ -59,6 +65,8 @@ def candidates(lr: float = 1e-3, weight_decay: float = 0.01):
         ("AdamW fused", lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay, fused=True)),
         ("AdamW foreach", lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay, foreach=True)),
         ("Lamb fused", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, fused=True)),
+        ("Lamb fused, nesterov='n'", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, nesterov="n",
+                                                     fused=True)),
         ("Lamb fused, nesterov='nn'", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, nesterov="nn",
                                                       fused=True)),
         ("Lamb foreach", lambda p: Lamb(p, lr=lr, weight_decay=weight_decay, foreach=True)),
@@ -97,7 +105,7 @@ def time_steps(opt, warmup: int, steps: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def _alternate(chosen, params, args, times: dict, first_steps: dict) -> None:
+def _alternate(chosen, params, args, times: dict, first_steps: dict, cpu_times: dict) -> None:
     """Every optimizer stepped in turn, one step each, so that a slow spell of the machine hits all alike."""
     optimizers = {}
     for name, factory in chosen:
@@ -110,9 +118,10 @@ def _alternate(chosen, params, args, times: dict, first_steps: dict) -> None:
             del times[name]
     for _ in range(args.rounds * args.steps):
         for name, opt in optimizers.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             opt.step()
             times[name].append(time.perf_counter() - start)
+            cpu_times.setdefault(name, []).append(time.process_time() - cpu_start)
 
 
 def main(argv=None) -> None:
@@ -128,7 +137,9 @@ def main(argv=None) -> None:
                         help="keep every chosen optimizer alive and alternate them step by step (--rounds x "
                              "--steps steps each); needs the state of all of them in memory at once")
     parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="keep glibc's default mmap threshold (see _common.MALLOC_ENV)")
+                        help="keep glibc's default mmap threshold (see _common.MALLOC_ENV): what a user gets")
+    parser.add_argument("--max-nesterov-ratio", type=float, default=1.25,
+                        help="exit 1 if a fused Nesterov variant's median is more than this times Lamb fused's")
     args = parser.parse_args(argv)
     malloc_line = tune_malloc(not args.no_malloc_tuning)
 
@@ -152,8 +163,9 @@ def main(argv=None) -> None:
     # the median is over every timed step of every round.
     times: dict[str, list[float]] = {name: [] for name, _ in chosen}
     first_steps: dict[str, float] = {}
+    cpu_times: dict[str, list[float]] = {}
     if args.alternate:
-        _alternate(chosen, params, args, times, first_steps)
+        _alternate(chosen, params, args, times, first_steps, cpu_times)
     for round_ in range(0 if args.alternate else args.rounds):
         for name, factory in chosen:
             if name not in times:
@@ -188,6 +200,35 @@ def main(argv=None) -> None:
         b1 = f"{best[name] / best_fused:.2f}" if best_fused else "-"
         b2 = f"{best[name] / best_foreach:.2f}" if best_foreach else "-"
         print(f"| {name} | {median * 1e3:.1f} | {r1} | {r2} | {best[name] * 1e3:.1f} | {b1} | {b2} | {first:.2f} |")
+    cpu = {name: statistics.median(ts) for name, ts in cpu_times.items() if ts}
+    if cpu:
+        # CPU time of the process (all its threads) per step: on a shared machine, less noisy than the wall clock,
+        # which also counts the time other processes held the cores.
+        print()
+        print("| optimizer | median CPU ms/step | / AdamW fused | / AdamW foreach |")
+        print("|---|---:|---:|---:|")
+        for name, c in cpu.items():
+            r1 = f"{c / cpu['AdamW fused']:.2f}" if "AdamW fused" in cpu else "-"
+            r2 = f"{c / cpu['AdamW foreach']:.2f}" if "AdamW foreach" in cpu else "-"
+            print(f"| {name} | {c * 1e3:.1f} | {r1} | {r2} |")
+    check_nesterov(cpu or {name: median for name, (_, median) in results.items()}, args.max_nesterov_ratio)
+
+
+def check_nesterov(medians: dict, max_ratio: float) -> None:
+    """Exit 1 when a fused Nesterov variant is more than ``max_ratio`` times fused LAMB (same bytes moved);
+    ``medians`` are CPU times per step with --alternate, else wall-clock times."""
+    if "Lamb fused" not in medians:
+        return
+    plain = medians["Lamb fused"]
+    slow = []
+    for name, median in medians.items():
+        if name.startswith("Lamb fused, nesterov"):
+            ratio = median / plain
+            print(f"{name} / Lamb fused: {ratio:.2f} (limit {max_ratio})")
+            if ratio > max_ratio:
+                slow.append(name)
+    if slow:
+        sys.exit(f"FAILED: {', '.join(slow)} slower than {max_ratio}x Lamb fused: a Nesterov slowdown")
 
 if __name__ == "__main__":
     main()
