@@ -30,6 +30,7 @@ trust ratio is that of the whole layer (paper, Algorithm 2: :math:`\|x_t^{(i)}\|
 from __future__ import annotations
 
 import math
+import threading
 import types
 import warnings
 from collections.abc import Sequence
@@ -155,6 +156,31 @@ def _device_chunks(params: list[Tensor], tensor_lists: list[list[Tensor]]):
             size += x.numel()
         if start < len(indices):
             yield (device, dtype), [ts[start:] for ts in lists], indices[start:]
+
+
+_scratch = threading.local()
+
+
+def _cpu_scratch(like: list[Tensor], slot: str) -> list[Tensor]:
+    """Tensors shaped like ``like`` (one CPU device and dtype), as views into a buffer kept per thread, slot and
+    dtype, which only grows: the foreach step's temporaries on a CPU.
+
+    A fresh temporary as large as BERT's word embeddings (94 MB) is handed back to the kernel by glibc's malloc
+    on free (its mmap threshold is at most 32 MB) and page-faulted in again at the next step, which with glibc's
+    defaults cost more than the arithmetic. The buffers are as large as the largest chunk of
+    :func:`_device_chunks` (the largest layer, or ``_CPU_CHUNK_ELEMENTS``); each is consumed within one step.
+    """
+    dtype = like[0].dtype
+    total = sum(t.numel() for t in like)
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get((slot, dtype))
+    if buffer is None or buffer.numel() < total:
+        buffer = buffers[(slot, dtype)] = torch.empty(max(total, 1), dtype=dtype)
+    views, offset = [], 0
+    for t in like:
+        views.append(buffer[offset:offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    return views
 
 
 def _trust_ratios(weight_norms: Tensor, update_norms: Tensor, trust_clip) -> Tensor:
@@ -317,12 +343,29 @@ def _multi_tensor_lamb(params, grads, exp_avgs, exp_avg_sqs, state_steps, mu_pro
             # r = (m / c1) / (sqrt(v / c2) + eps) = (sqrt(c2) / c1) m / (sqrt(v) + eps sqrt(c2)): the bias
             # corrections become per-layer scalars, saving two passes over memory.
             corrections = [_bias_corrections(ti, beta1, beta2, bias_correction) for ti in t]
-            denom = torch._foreach_sqrt(vs)
+            on_cpu = vs[0].device.type == "cpu"
+            if on_cpu:  # into buffers kept between steps: no fresh pages per step (see _cpu_scratch)
+                denom = _cpu_scratch(vs, "denom")
+                for d, v in zip(denom, vs):
+                    torch.sqrt(v, out=d)
+            else:
+                denom = torch._foreach_sqrt(vs)
             torch._foreach_add_(denom, [eps * math.sqrt(c2) for _, c2 in corrections])
             scale = [math.sqrt(c2) / c1 for c1, c2 in corrections]
             if weight_decay != 0:
-                updates = torch._foreach_mul(xs, weight_decay)         # u = lambda x + r
+                if on_cpu:
+                    updates = _cpu_scratch(xs, "updates")
+                    for u, x in zip(updates, xs):
+                        torch.mul(x, weight_decay, out=u)               # u = lambda x + r
+                else:
+                    updates = torch._foreach_mul(xs, weight_decay)     # u = lambda x + r
                 torch._foreach_addcdiv_(updates, ms, denom, scale)
+            elif on_cpu:
+                updates = _cpu_scratch(ms, "updates")
+                for u, m, d in zip(updates, ms, denom):
+                    torch.div(m, d, out=u)
+                if bias_correction:
+                    torch._foreach_mul_(updates, scale)
             else:
                 updates = torch._foreach_div(ms, denom)
                 if bias_correction:
