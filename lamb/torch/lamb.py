@@ -63,7 +63,10 @@ class Lamb(LayerwiseOptimizer):
             ``None`` for a constant :math:`\beta_1`. Unused without ``nesterov``.
         layer_adaptation: False forces :math:`\rho = 1` (the group then follows AdamW). Default True.
         maximize: ascend instead of descend (:math:`g \to -g`). Default False.
-        foreach: ``None`` (default) or True for the multi-tensor path; False for the single-tensor loop.
+        foreach: ``None`` (default) or True for the multi-tensor path; False for the single-tensor loop. A
+            default construction (``foreach=None, fused=None``) takes the foreach path on CPUs and GPUs alike;
+            on a CPU with a C++ compiler, ``fused=True`` is the fastest exact path (about 4x foreach on
+            BERT-base shapes), so pass it explicitly there.
         fused: True for the fused path: on the CPU (float32/float64) a C++ kernel that steps every layer in
             one call, two passes per layer, built with the system's compiler on first use (about a second,
             then cached; see ``lamb.torch._cpu_fused``); on GPUs and for fp16/bf16 a ``torch.compile`` d
