@@ -18,6 +18,10 @@ the SHA-256 of the canonical JSON of ``config`` plus the optimizer's name and th
 data, steps, batch size, seeds, other hyperparameters): two sweeps with the same config share their runs.
 A run whose metric is NaN (diverged) scores worst; a best rate at the edge of the grid is reported in
 :attr:`SweepResult.at_edge` (the grid should be widened).
+
+In a dry run (:func:`lamb.profiles.dry_run`) each optimizer's grid is cut to its middle rate
+(:func:`lamb.profiles.dry_run_grid`: one trial per optimizer, so that ``best`` has every optimizer and the
+cells after the sweep run), and the cache key carries ``"dry_run": true``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lamb import profiles
 from lamb.experiments.train import _arrays, _jsonable, config_hash
 
 __all__ = ["FIGURE4_LR_GRID", "SweepResult", "sweep", "score", "cache_key"]
@@ -119,11 +124,13 @@ def sweep(train: Callable[[str, float], object], optimizers: Sequence[str], lr_g
         grid = [float(v) for v in grid]
         if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
             raise ValueError(f"the learning-rate grid of {name!r} must be non-empty and positive, got {grid!r}")
-        grids[name] = sorted(set(grid))
+        grids[name] = profiles.dry_run_grid(sorted(set(grid)))
     if higher_is_better is None:
         from lamb.experiments.metrics import LOWER_IS_BETTER
 
         higher_is_better = metric not in LOWER_IS_BETTER
+    if profiles.dry_run():  # a dry run's 2-step histories must never answer a real sweep from the cache
+        config = {**dict(config), "dry_run": True}
     cache = None if cache_dir is None else Path(cache_dir)
     histories, scores, best, at_edge = {}, {}, {}, []
     trained = cached = 0
