@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
         subprocess.run([sys.executable, "-m", "lamb", "plan", Path(args.notebook).stem, "--profile", args.profile,
                         "--no-measure"], env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+        if args.dry_run:
+            print(f"(a dry run runs {DRY_RUN_STEPS} steps per training loop and one rate per sweep, not the above)")
         sys.stdout.flush()
     output = run_notebook(args.notebook, args.profile, args.output_dir, dry_run=args.dry_run)
     print(f"wrote {output}")

@@ -124,20 +124,29 @@ class Stage:
             labels[..., max(1, int(self.masked_fraction * self.label_shape[-1])):] = -1
         return {"inputs": jnp.zeros(shape_x, jnp.dtype(self.example_dtype)), "labels": jnp.asarray(labels)}
 
+    def shape_key(self) -> str:
+        """Stages with the same key run the same compiled step (same model, batch and accumulation)."""
+        import json
+
+        return json.dumps([self._model().config, self.batch_size, self.accumulation_steps, list(self.example_shape),
+                           self.example_dtype, list(self.label_shape)], sort_keys=True, default=repr)
+
     def _programs(self):
-        import jax
+        if getattr(self, "_cached_programs", None) is None:
+            import jax
 
-        from lamb import jax as lj
-        from lamb.experiments import models, train
+            from lamb import jax as lj
+            from lamb.experiments import models, train
 
-        model = self._model()
-        params = jax.eval_shape(model.init, jax.random.key(0))
-        tx = lj.lamb(1e-3, weight_decay=0.01)
-        opt_state = jax.eval_shape(tx.init, params)
-        step = jax.jit(train.make_train_step(model, tx, self.accumulation_steps))
-        evaluate = jax.jit(train.make_eval_step(model))
-        self.params = models.count_params(params)
-        return step, evaluate, params, opt_state
+            model = self._model()
+            params = jax.eval_shape(model.init, jax.random.key(0))
+            tx = lj.lamb(1e-3, weight_decay=0.01)
+            opt_state = jax.eval_shape(tx.init, params)
+            step = jax.jit(train.make_train_step(model, tx, self.accumulation_steps))
+            evaluate = jax.jit(train.make_eval_step(model))
+            self.params = models.count_params(params)
+            self._cached_programs = (step, evaluate, params, opt_state)
+        return self._cached_programs
 
     def count(self) -> None:
         """Fill ``params``, ``step_flops`` and ``eval_batch_flops`` from XLA's cost analysis."""
@@ -199,14 +208,20 @@ class Plan:
         return self
 
     def measure(self, repeats: int = 3) -> "Plan":
+        """Time each distinct step (stages of one :meth:`Stage.shape_key` share one timing)."""
         import jax
 
         d = jax.devices()[0]
         self.device = f"{len(jax.devices())} x {d.device_kind}"
+        timed = {}
         for s in self.stages:
             if s.step_flops is None:
                 s.count()
-            s.measure(repeats)
+            key = s.shape_key()
+            if key not in timed:
+                s.measure(repeats)
+                timed[key] = s.step_time_s
+            s.step_time_s = timed[key]
         return self
 
     @property

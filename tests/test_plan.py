@@ -36,11 +36,17 @@ def test_training_harness_plan_follows_its_settings():
 
 
 def test_a_measured_plan_gives_a_time_per_stage():
-    p = plan.build("training_harness", "smoke").measure(repeats=1)
+    mlp = lambda: models.mlp(40, [32, 32], 10)  # noqa: E731
+    stages = [plan.Stage("a", mlp, 64, 100, example_shape=(40,), runs=3, evaluations=5, eval_examples=500),
+              plan.Stage("b", mlp, 64, 10, example_shape=(40,)),                       # the same step as "a"
+              plan.Stage("c", mlp, 64, 10, example_shape=(40,), accumulation_steps=4)]
+    p = plan.Plan("demo", "smoke", stages).measure(repeats=1)
     assert p.device
     for st in p.stages:
         assert st.step_time_s > 0
         assert st.time_s >= st.runs * st.steps * st.step_time_s
+    assert stages[1].step_time_s == stages[0].step_time_s          # timed once
+    assert stages[0].time_s > stages[0].runs * stages[0].steps * stages[0].step_time_s   # plus evaluations
     assert p.totals["time_s"] == pytest.approx(sum(st.time_s for st in p.stages))
     assert "steps timed on" in p.format()
 
