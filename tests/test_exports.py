@@ -134,3 +134,14 @@ def test_export_refuses_a_directory_without_a_runs_environment(tmp_path):
     (tmp_path / "LAMB.json").write_text(json.dumps({"config": {}, "environment": {}, "history": {}}))
     with pytest.raises(exports.ExportError, match="no environment.json"):
         exports.export(NB, "gpu", source=tmp_path, destination=tmp_path / "out")
+
+
+def test_export_command(smoke_run, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lamb", "export", NB, "--profile", "smoke", "--output-dir",
+                           str(smoke_run.parents[1]), "--destination", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote {tmp_path / 'smoke' / (NB + '.json')}" in done.stdout
+    refused = subprocess.run([sys.executable, "-m", "lamb", "run", "notebooks/training_harness.ipynb", "--profile",
+                              "gpu", "--dry-run", "--export"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--export needs a real run" in refused.stderr
