@@ -28,8 +28,9 @@ from lamb.profiles import DRY_RUN_ENV, DRY_RUN_STEPS, PROFILES, check_profile
 
 def run_notebook(notebook: str | os.PathLike, profile: str, output_dir: str | os.PathLike = "results",
                  parameters: dict | None = None, kernel_name: str = "python3", *, dry_run: bool = False,
-                 extra_env: dict | None = None) -> Path:
-    """Execute ``notebook`` at ``profile`` (a dry run with ``dry_run``); return the path of the executed copy."""
+                 extra_env: dict | None = None, execution_timeout: int | None = None) -> Path:
+    """Execute ``notebook`` at ``profile`` (a dry run with ``dry_run``; ``execution_timeout``: seconds per cell,
+    default none); return the path of the executed copy."""
     import datetime
     import json
     import time
@@ -60,6 +61,7 @@ def run_notebook(notebook: str | os.PathLike, profile: str, output_dir: str | os
         papermill.execute_notebook(
             str(notebook), str(output), parameters={"PROFILE": profile, **(parameters or {})},
             kernel_name=kernel_name, cwd=str(notebook.parent.resolve()), progress_bar=False,
+            execution_timeout=execution_timeout,
         )
     finally:
         for k, v in env_before.items():

@@ -21,6 +21,8 @@ import yaml
 from lamb import exports, notebook, profiles
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A bound on each cell of a dry run (a hang fails the test; generous for a CPU shared with other jobs).
+CELL_TIMEOUT_S = 1200
 
 
 def part2_notebooks() -> list[Path]:
@@ -193,7 +195,7 @@ def test_notebook_dry_run_at_full_scale(path, profile, tmp_path, monkeypatch):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        executed = run_notebook(path, profile, tmp_path, dry_run=True)
+        executed = run_notebook(path, profile, tmp_path, dry_run=True, execution_timeout=CELL_TIMEOUT_S)
     seconds = time.perf_counter() - t0
     assert executed == tmp_path / "dry-run" / profile / path.name and executed.is_file()
     results = tmp_path / "dry-run" / profile / path.stem
