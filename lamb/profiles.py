@@ -11,8 +11,8 @@ profile    where                       budget per notebook
 =========  ==========================  ==================================================================
 ``smoke``  CI and nbval, 2 CPU cores   under a minute: every cell runs and every assertion holds
 ``cpu``    a laptop; the book build    a few minutes: the figures readers see
-``gpu``    one GPU                     under an hour: the paper's trends at a real scale
-``tpu``    Colab TPU (JAX)             as ``gpu``
+``gpu``    one GPU (H100)              at most 10 minutes: the paper's trends at a real scale
+``tpu``    Colab TPU v5e chip (JAX)    as ``gpu``, sized for its 16 GB
 =========  ==========================  ==================================================================
 
 Each notebook's settings live in one TOML file, ``lamb/settings/<notebook>.toml`` (the notebook's file name
@@ -52,6 +52,19 @@ def dry_run() -> bool:
     return os.environ.get(DRY_RUN_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def dry_run_steps(steps: int) -> int:
+    """``steps`` in a normal run; at most :data:`DRY_RUN_STEPS` in a dry run. Every training loop of the package
+    runs ``dry_run_steps(steps)`` steps; a loop written elsewhere should do the same."""
+    return min(int(steps), DRY_RUN_STEPS) if dry_run() else int(steps)
+
+
+def dry_run_grid(grid):
+    """A sweep's grid in a normal run; in a dry run only its middle value (as a one-element list), so that a
+    sweep trains one trial per optimizer and everything after it (best rate, plots) still runs."""
+    grid = list(grid)
+    return [grid[len(grid) // 2]] if dry_run() and grid else grid
+
+
 def available_notebooks() -> list[str]:
     """The notebooks that have a settings file."""
     folder = resources.files("lamb") / "settings"
@@ -72,7 +85,8 @@ def check_profile(profile: str) -> str:
 def settings(notebook: str, profile: str | None = None) -> MappingProxyType:
     """The settings of ``notebook`` (file name without ``.ipynb``) at ``profile`` (default: the current one).
 
-    The result is read-only, merged from the notebook's ``"common"`` entry and its profile's entry.
+    The result is read-only, merged from the notebook's ``"common"`` entry and its profile's entry, with
+    ``"profile"`` and ``"notebook"`` added.
     """
     profile = current_profile() if profile is None else check_profile(profile)
     notebook = notebook.removesuffix(".ipynb").rsplit("/", 1)[-1]
@@ -88,4 +102,5 @@ def settings(notebook: str, profile: str | None = None) -> MappingProxyType:
     merged = dict(entry.get("common", {}))
     merged.update(entry.get(profile, {}))
     merged["profile"] = profile
+    merged["notebook"] = notebook
     return MappingProxyType(merged)

@@ -116,9 +116,11 @@ def test_settings_merge_common_and_profile(settings_dir):
     (settings_dir / "demo.toml").write_text(
         "[common]\nseeds = 3\nlr = 0.1\n[smoke]\nsteps = 5\nseeds = 1\n[cpu]\nsteps = 600\n")
     smoke = profiles.settings("demo", "smoke")
-    assert dict(smoke) == {"seeds": 1, "lr": 0.1, "steps": 5, "profile": "smoke"}
-    assert dict(profiles.settings("demo", "cpu")) == {"seeds": 3, "lr": 0.1, "steps": 600, "profile": "cpu"}
-    assert dict(profiles.settings("demo", "gpu")) == {"seeds": 3, "lr": 0.1, "profile": "gpu"}  # no [gpu] table
+    assert dict(smoke) == {"seeds": 1, "lr": 0.1, "steps": 5, "profile": "smoke", "notebook": "demo"}
+    assert dict(profiles.settings("demo", "cpu")) == {"seeds": 3, "lr": 0.1, "steps": 600, "profile": "cpu",
+                                                      "notebook": "demo"}
+    assert dict(profiles.settings("demo", "gpu")) == {"seeds": 3, "lr": 0.1, "profile": "gpu",  # no [gpu] table
+                                                      "notebook": "demo"}
     # A notebook path or file name selects the same settings.
     assert profiles.settings("book/demo.ipynb", "smoke") == smoke
     with pytest.raises(TypeError):

@@ -22,12 +22,17 @@ makes configurations x seeds affordable on two CPU cores); :func:`run_vectorized
     result = ablation.run_vectorized({"L1": lj.lamb(0.02, norm="l1"), "L2": lj.lamb(0.02)}, [0, 1, 2],
                                      task.train_seeds)
 
+In a dry run (:func:`lamb.profiles.dry_run`) :meth:`ImageTask.train_seeds` trains every seed for
+:data:`lamb.profiles.DRY_RUN_STEPS` steps and evaluates once; :func:`run` and :func:`run_vectorized` keep every
+configuration and seed (the spread still needs them) and leave the step count to ``train``.
+
 The training loop here is deliberately small (no checkpoints, no sharding, no progress bar): ablations are
 many short runs, where a vectorized loop pays; long single runs belong to the harness's training loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -240,8 +245,6 @@ class ImageTask:
     def validation_split(self, fraction: float, seed: int = 0) -> "ImageTask":
         """The same task with a held-out ``fraction`` of the *training* set as its evaluation set, for
         choosing hyperparameters without looking at the test set."""
-        import dataclasses
-
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
         order = np.random.default_rng(seed).permutation(len(self.x_train))
@@ -320,7 +323,13 @@ class ImageTask:
         import jax.numpy as jnp
         import optax
 
+        from lamb import profiles
+
         seeds = [int(s) for s in seeds]
+        steps = profiles.dry_run_steps(self.steps)
+        if steps != self.steps:  # dry run: DRY_RUN_STEPS steps, evaluated once
+            return dataclasses.replace(self, steps=steps, eval_every=min(self.eval_every, steps)).train_seeds(
+                tx, seeds, return_params)
         n_train = len(self.x_train)
         x_train, y_train = jnp.asarray(self.x_train), jnp.asarray(self.y_train)
         x_test, y_test = jnp.asarray(self.x_test), jnp.asarray(self.y_test)

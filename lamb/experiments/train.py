@@ -48,6 +48,10 @@ then ``updates, state = tx.update(g_t, state, x_t)``, ``x_{t+1} = x_t + updates`
   configuration is refused with a ``ValueError``.
 - **Result file.** ``result_path`` receives JSON with the configuration, the whole history, and the
   environment (device kind and count, backend, JAX/optax/NumPy versions, Python, date, wall time).
+- **Dry run.** When :func:`lamb.profiles.dry_run` is on (``LAMB_DRY_RUN=1``, ``python -m lamb run ...
+  --dry-run``), ``fit`` runs at most :data:`lamb.profiles.DRY_RUN_STEPS` steps and evaluates on at most that
+  many evaluation batches, at the shapes it was given; the configuration and environment say
+  ``"dry_run": true``, so such a run never resumes a real run's checkpoint and is never exported.
 
 Data
 ====
@@ -75,6 +79,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lamb import profiles
 from lamb.experiments import models as _models
 
 __all__ = ["TrainResult", "fit", "make_train_step", "make_eval_step", "environment", "load_result",
@@ -149,12 +154,14 @@ def load_result(path) -> dict:
 
 
 def environment(devices=None) -> dict:
-    """Where a run ran: device kind and count, backend, library versions, Python, platform, UTC date."""
+    """Where a run ran: device kind and count, backend, library versions, Python, platform, UTC date (and
+    ``"dry_run": True`` in a dry run)."""
     devices = list(jax.devices() if devices is None else devices)
     return {"device_kind": devices[0].device_kind, "device_count": len(devices), "backend": devices[0].platform,
             "jax": jax.__version__, "optax": optax.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **({"dry_run": True} if profiles.dry_run() else {})}
 
 
 def config_hash(config: Mapping) -> str:
@@ -408,6 +415,12 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
     steps = _check_int("steps", steps, 1)
     if eval_every is not None:
         eval_every = _check_int("eval_every", eval_every, 1)
+    if eval_batches is not None:
+        eval_batches = _check_int("eval_batches", eval_batches, 1)
+    dry = profiles.dry_run()
+    if dry:  # full-scale shapes, two steps, two evaluation batches (see lamb.profiles.dry_run)
+        steps = profiles.dry_run_steps(steps)
+        eval_batches = min(eval_batches or profiles.DRY_RUN_STEPS, profiles.DRY_RUN_STEPS)
     seed = _check_int("seed", seed, 0)
     data_seed = seed if data_seed is None else _check_int("data_seed", data_seed, 0)
     devices = _devices(devices)
@@ -420,8 +433,6 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
     eval_batch_size = _check_int("eval_batch_size", eval_batch_size, 1)
     if eval_batch_size % n_dev:
         raise ValueError(f"eval_batch_size={eval_batch_size} must be divisible by the {n_dev} devices")
-    if eval_batches is not None:
-        eval_batches = _check_int("eval_batches", eval_batches, 1)
     if checkpoint_every is None:
         checkpoint_every = eval_every or 100
     checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1)
@@ -430,6 +441,8 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
                   "eval_every": eval_every, "seed": seed, "data_seed": data_seed,
                   "accumulation_steps": accumulation_steps, "eval_batch_size": eval_batch_size,
                   "eval_batches": eval_batches, **(dict(config) if config else {})}
+    if dry:  # a dry run never resumes a real run's checkpoint, nor a real run a dry run's
+        run_config["dry_run"] = True
 
     # Placement: a 1-D mesh over the devices; batch split along axis 0, everything else replicated.
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))

@@ -21,6 +21,10 @@ runs, and after an edit to the package (an optimizer fix, say) every run is trai
 runs of the old code. Files of older code are left in ``cache_dir`` unused (delete the folder to reclaim them).
 A run whose metric is NaN (diverged) scores worst; a best rate at the edge of the grid is reported in
 :attr:`SweepResult.at_edge` (the grid should be widened).
+
+In a dry run (:func:`lamb.profiles.dry_run`) each optimizer's grid is cut to its middle rate
+(:func:`lamb.profiles.dry_run_grid`: one trial per optimizer, so that ``best`` has every optimizer and the
+cells after the sweep run), and the cache key carries ``"dry_run": true``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lamb import profiles
 from lamb.experiments.train import _arrays, _jsonable, config_hash
 from lamb.fingerprint import package_fingerprint
 
@@ -126,11 +131,13 @@ def sweep(train: Callable[[str, float], object], optimizers: Sequence[str], lr_g
         grid = [float(v) for v in grid]
         if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
             raise ValueError(f"the learning-rate grid of {name!r} must be non-empty and positive, got {grid!r}")
-        grids[name] = sorted(set(grid))
+        grids[name] = profiles.dry_run_grid(sorted(set(grid)))
     if higher_is_better is None:
         from lamb.experiments.metrics import LOWER_IS_BETTER
 
         higher_is_better = metric not in LOWER_IS_BETTER
+    if profiles.dry_run():  # a dry run's 2-step histories must never answer a real sweep from the cache
+        config = {**dict(config), "dry_run": True}
     cache = None if cache_dir is None else Path(cache_dir)
     code = package_fingerprint() if cache is not None else None  # once per sweep: the code of all its runs
     histories, scores, best, at_edge = {}, {}, {}, []
