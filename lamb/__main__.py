@@ -1,4 +1,5 @@
-"""Command line: ``python -m lamb run NOTEBOOK --profile P`` runs a notebook at a profile with papermill.
+"""Command line: ``python -m lamb run NOTEBOOK --profile P`` runs a notebook at a profile with papermill;
+``python -m lamb train bert|resnet`` trains a recipe (:mod:`lamb.training_cli`).
 
 The executed notebook is written to ``results/<profile>/<name>.ipynb``; notebooks that save result files
 (JSON) write them beside it, in ``results/<profile>/`` (they read the directory from ``LAMB_RESULTS_DIR``).
@@ -50,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("notebook", help="path of the .ipynb to run")
     run.add_argument("--profile", default="cpu", choices=PROFILES)
     run.add_argument("--output-dir", default="results", help="where results/<profile>/ is made")
+    from lamb import training_cli  # `train`: the BERT/ResNet recipes as a command (lamb/training_cli.py)
+
+    training_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return training_cli.main(args)
     output = run_notebook(args.notebook, args.profile, args.output_dir)
     print(f"wrote {output}")
     return 0
