@@ -322,8 +322,9 @@ def _build(cfg: dict, phase: dict):
 
 def _identity(cfg: dict) -> dict:
     """The entries that define the run's results, which a checkpoint must match: the whole configuration
-    (where files go, the process count and the progress bar are arguments of :func:`run`, not entries)."""
-    return json.loads(json.dumps(cfg))
+    but ``checkpoint_every`` (where files go, the process count and the progress bar are arguments of
+    :func:`run`, not entries)."""
+    return json.loads(json.dumps({k: v for k, v in cfg.items() if k != "checkpoint_every"}))
 
 
 def _log(log_path, record: dict):
@@ -411,7 +412,7 @@ def run(cfg: Mapping, *, checkpoint_dir=None, results_dir=None, progress=True, d
                           progress=progress, checkpoint_dir=None if ckpt is None else ckpt / phase["name"],
                           checkpoint_every=every,
                           result_path=None if out is None else out / f"{phase['name']}.json",
-                          config={"recipe": cfg, "phase": phase, "dry_run": dry},
+                          config={"recipe": _identity(cfg), "phase": phase, "dry_run": dry},
                           callback=stop_callback if stop_after is not None else None)
         except StopRequested as e:
             result.stopped_at = int(e.args[0])
