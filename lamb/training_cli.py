@@ -170,3 +170,29 @@ def main(args) -> int:
             print(f"done: test loss {last.final('test_loss'):.4f}, test accuracy {last.final('test_accuracy'):.4f}"
                   f"; results in {results_dir}")
     return 0
+
+
+def run_in_process(argv: list[str], *, devices=None, progress=False, results_dir=None, checkpoint_dir=None):
+    """Run ``python -m lamb train ARGV`` inside this process (a notebook's) and return its
+    :class:`lamb.experiments.recipes.RecipeResult` (final parameters and per-phase histories).
+
+    JAX has started already, so the flags that act before it starts (``--cpu-devices``, the multi-process
+    ones) are refused; ``devices`` (a list of devices, or a count) replaces ``--devices``."""
+    import shlex
+
+    from lamb.experiments import recipes
+
+    if isinstance(argv, str):
+        argv = shlex.split(argv)
+    parser = argparse.ArgumentParser(prog="python -m lamb")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *argv])
+    if args.cpu_devices is not None or args.coordinator_address or args.num_processes or args.distributed == "yes":
+        raise ValueError("run_in_process: --cpu-devices and the multi-process flags act before JAX starts; "
+                         "run the command in a fresh process instead")
+    if args.backend != "jax":
+        raise ValueError("run_in_process runs the jax backend; use lamb.torch_train.train for torch")
+    cfg = config_from_args(args)
+    return recipes.run(cfg, checkpoint_dir=checkpoint_dir or args.checkpoint_dir,
+                       results_dir=results_dir or args.results_dir, progress=progress,
+                       devices=args.devices if devices is None else devices, stop_after=args.stop_after)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-__all__ = ["initialize", "wants_initialize", "is_initialized", "describe"]
+__all__ = ["initialize", "wants_initialize", "is_initialized", "describe", "optimizer_collectives"]
 
 _ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
         "process_id": "JAX_PROCESS_ID"}
@@ -110,3 +110,47 @@ def describe() -> dict:
     return {"process_index": jax.process_index(), "process_count": jax.process_count(),
             "local_devices": jax.local_device_count(), "global_devices": jax.device_count(),
             "platform": jax.devices()[0].platform}
+
+
+_DTYPE_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s64": 8, "u64": 8, "pred": 1,
+                "s8": 1, "u8": 1}
+
+
+def optimizer_collectives(tx, params, shardings) -> dict:
+    """What one optimizer update all-reduces when ``params`` (and the gradients, and the state) are placed with
+    ``shardings`` (a pytree of ``NamedSharding`` like ``params``): XLA compiles ``tx.update`` + apply for that
+    placement and the compiled program's all-reduce instructions are read back.
+
+    Returns ``{"ops": number of all-reduce instructions, "elements": values all-reduced, "bytes": their bytes}``.
+    With replicated parameters (plain data parallelism) LAMB's update all-reduces nothing: every device holds
+    whole layers. With parameters sharded along a mesh axis (FSDP, ZeRO) it all-reduces two scalars per sharded
+    layer, :math:`\\|x^{(i)}\\|^2` and :math:`\\|u^{(i)}\\|^2` (XLA may fuse them into one instruction), and
+    AdamW, whose update is elementwise, nothing.
+    """
+    import re
+
+    import jax
+    import optax
+
+    params = jax.device_put(params, shardings)
+    grads = jax.tree.map(lambda p: p * 0.5 + 0.25, params)
+    state = tx.init(params)
+
+    def step(p, g, s):
+        updates, s = tx.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    text = jax.jit(step).lower(params, grads, state).compile().as_text()
+    ops = elements = nbytes = 0
+    for line in text.splitlines():
+        m = re.search(r"=\s*(.*?)\s+all-reduce(?:-start)?\(", line)
+        if not m:
+            continue
+        ops += 1
+        for dtype, dims in re.findall(r"([a-z]+\d*)\[([\d,]*)\]", m.group(1)):
+            n = 1
+            for d in filter(None, dims.split(",")):
+                n *= int(d)
+            elements += n
+            nbytes += n * _DTYPE_BYTES.get(dtype, 4)
+    return {"ops": ops, "elements": elements, "bytes": nbytes}
