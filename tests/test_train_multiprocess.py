@@ -2,8 +2,8 @@
 
 - The 2-process run (global mesh of 4 devices, each process feeding its half of every global batch) ends with
   the parameters of a 1-process, 1-device run with the same global batch, to float rounding.
-- A run checkpointed by the 2 processes (``--stop-after``) resumes in 1 process and ends where the
-  uninterrupted run does.
+- A run checkpointed by the 2 processes (``--stop-after``) resumes in 1 process, and one checkpointed by 1
+  process resumes in 2; both end where the uninterrupted run does.
 - The checkpoint is written once (by process 0) and the result files too.
 """
 
@@ -111,5 +111,15 @@ def test_checkpoint_of_two_processes_resumes_in_one(one_process, tmp_path):
                          cwd=tmp_path)
     assert _meta_step(tmp_path / "ckpt") == 3
     _train(["--checkpoint-dir", "ckpt", "--cpu-devices", "1", "--results-dir", "res"], devices=1, cwd=tmp_path)
+    assert _meta_step(tmp_path / "ckpt") == STEPS
+    _assert_close(tmp_path / "ckpt", one_process / "ckpt")
+
+
+def test_checkpoint_of_one_process_resumes_in_two(one_process, tmp_path):
+    """Process 0 reads the checkpoint and broadcasts it to process 1 (no shared file system needed)."""
+    _train(["--checkpoint-dir", "ckpt", "--cpu-devices", "1", "--checkpoint-every", "1", "--stop-after", "3"],
+           devices=1, cwd=tmp_path)
+    assert _meta_step(tmp_path / "ckpt") == 3
+    _train_two_processes(["--checkpoint-dir", "ckpt", "--results-dir", "res"], cwd=tmp_path)
     assert _meta_step(tmp_path / "ckpt") == STEPS
     _assert_close(tmp_path / "ckpt", one_process / "ckpt")

@@ -31,8 +31,9 @@ then ``updates, state = tx.update(g_t, state, x_t)``, ``x_{t+1} = x_t + updates`
   ``jax.devices()`` lists the devices of every process, and the mesh spans them all. Every process computes the
   same global batch order (a function of ``(data_seed, step)``) and hands JAX only the rows its own devices
   hold (``jax.make_array_from_process_local_data``); parameters and metrics are replicated, so every process
-  reads them back; process 0 alone writes checkpoints, result files and the progress bar. A checkpoint holds
-  whole arrays, so a run checkpointed by ``n`` processes resumes on any number.
+  reads them back; process 0 alone writes checkpoints, result files and the progress bar, and on resume reads
+  the checkpoint and broadcasts it (the hosts need no shared file system, only process 0's disk). A checkpoint
+  holds whole arrays, so a run checkpointed by ``n`` processes resumes on any number.
 - **Gradient accumulation.** ``accumulation_steps = A`` splits the global batch into ``A`` micro-batches
   (``lax.scan``), sums their gradient *sums* and divides once by the total count :math:`N`, so one optimizer
   step on ``A`` micro-batches is the step on the whole batch, to float rounding. This is how NVIDIA's LAMB
@@ -368,6 +369,28 @@ def _put_replicated(tree, sharding):
     return jax.device_put(tree, sharding)
 
 
+def _load_checkpoint_on_all(directory: Path, template):
+    """:func:`_load_checkpoint` for every process: process 0 reads the file and broadcasts what it read, so
+    the other hosts need no shared file system (the file is written by process 0 alone, too)."""
+    if jax.process_count() == 1:
+        return _load_checkpoint(directory, template)
+    from jax.experimental import multihost_utils
+
+    first = jax.process_index() == 0
+    loaded = _load_checkpoint(directory, template) if first else None
+    if not int(multihost_utils.broadcast_one_to_all(np.int32(loaded is not None))):
+        return None
+    if first:
+        tree, meta = loaded
+        text = np.frombuffer(json.dumps(meta, allow_nan=True).encode(), dtype=np.uint8)
+    else:
+        tree, text = jax.device_get(template), None
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(0 if text is None else text.size)))
+    text = multihost_utils.broadcast_one_to_all(np.zeros(size, np.uint8) if text is None else text)
+    tree = multihost_utils.broadcast_one_to_all(jax.tree.map(np.asarray, tree))
+    return jax.tree.map(np.asarray, tree), json.loads(np.asarray(text, np.uint8).tobytes().decode())
+
+
 def _sync(name: str):
     """A barrier across processes (nothing with one process)."""
     if jax.process_count() > 1:
@@ -498,7 +521,7 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
     start = 0
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
     if checkpoint_dir is not None:
-        loaded = _load_checkpoint(checkpoint_dir, (params, opt_state))
+        loaded = _load_checkpoint_on_all(checkpoint_dir, (params, opt_state))
         if loaded is not None:
             (params, opt_state), meta = loaded
             if meta["config_hash"] != config_hash(run_config):
