@@ -1,4 +1,5 @@
-"""Command line: run a notebook at a profile (papermill), dry-run it, plan it, export its results.
+"""Command line: run a notebook at a profile (papermill), dry-run it, plan it, export its results; train the
+book's BERT and ResNet recipes as a command (``python -m lamb train bert|resnet``, :mod:`lamb.training_cli`).
 
 ::
 
@@ -118,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     export_p.add_argument("--profile", required=True, choices=PROFILES)
     export_p.add_argument("--output-dir", default="results", help="the run's results/ directory")
     export_p.add_argument("--destination", default=None, help="default: the package's lamb/results")
+    from lamb import training_cli  # `train`: the BERT/ResNet recipes as a command (lamb/training_cli.py)
+
+    training_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return training_cli.main(args)
     if args.command == "plan":
         for nb in args.notebooks:
             _print_plan(Path(nb).stem, args.profile or ["gpu"], measure=not args.no_measure)

@@ -27,6 +27,13 @@ then ``updates, state = tx.update(g_t, state, x_t)``, ``x_{t+1} = x_t + updates`
   one CPU, one GPU, or the 8 cores of a Colab TPU, and computes the same function (the per-example
   computation does not depend on the split -- the models have no batch statistics); results agree to float
   rounding of the reduction order.
+- **Many processes.** After ``jax.distributed.initialize`` (see :mod:`lamb.experiments.distributed`),
+  ``jax.devices()`` lists the devices of every process, and the mesh spans them all. Every process computes the
+  same global batch order (a function of ``(data_seed, step)``) and hands JAX only the rows its own devices
+  hold (``jax.make_array_from_process_local_data``); parameters and metrics are replicated, so every process
+  reads them back; process 0 alone writes checkpoints, result files and the progress bar, and on resume reads
+  the checkpoint and broadcasts it (the hosts need no shared file system, only process 0's disk). A checkpoint
+  holds whole arrays, so a run checkpointed by ``n`` processes resumes on any number.
 - **Gradient accumulation.** ``accumulation_steps = A`` splits the global batch into ``A`` micro-batches
   (``lax.scan``), sums their gradient *sums* and divides once by the total count :math:`N`, so one optimizer
   step on ``A`` micro-batches is the step on the whole batch, to float rounding. This is how NVIDIA's LAMB
@@ -158,6 +165,7 @@ def environment(devices=None) -> dict:
     ``"dry_run": True`` in a dry run)."""
     devices = list(jax.devices() if devices is None else devices)
     return {"device_kind": devices[0].device_kind, "device_count": len(devices), "backend": devices[0].platform,
+            "process_count": jax.process_count(),
             "jax": jax.__version__, "optax": optax.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -333,6 +341,71 @@ def _save_checkpoint(directory: Path, params, opt_state, meta: dict):
     os.replace(tmp, directory / CHECKPOINT_FILE)  # atomic: a crash mid-write keeps the previous checkpoint
 
 
+def _process_rows(sharding, num_rows: int) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of a batch of ``num_rows`` that this process's devices hold under ``sharding``
+    (a batch split along axis 0 over a mesh whose devices are ordered by process, as ``jax.devices()`` is)."""
+    slices = [index[0] for index in sharding.addressable_devices_indices_map((num_rows,)).values()]
+    starts = sorted({s.start or 0 for s in slices})
+    stops = sorted({num_rows if s.stop is None else s.stop for s in slices})
+    lo, hi = starts[0], stops[-1]
+    if sum(b - a for a, b in zip(starts, stops)) != hi - lo:
+        raise ValueError(f"this process's devices hold non-contiguous rows {list(zip(starts, stops))} of the batch; "
+                         "order the mesh's devices by process")
+    return lo, hi
+
+
+def _put_batch(batch, sharding):
+    """The global batch as arrays split along axis 0 by ``sharding``. With one process, ``jax.device_put``; with
+    several, each process passes only its own rows (``jax.make_array_from_process_local_data``)."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+
+    def put(a):
+        a = np.asarray(a)
+        lo, hi = _process_rows(sharding, a.shape[0])
+        return jax.make_array_from_process_local_data(sharding, a[lo:hi], a.shape)
+
+    return jax.tree.map(put, batch)
+
+
+def _put_replicated(tree, sharding):
+    """``tree`` replicated on every device of ``sharding`` (host values first when several processes share it:
+    every process holds the same values, so each places its own copy)."""
+    if jax.process_count() > 1:
+        tree = jax.device_get(tree)
+    return jax.device_put(tree, sharding)
+
+
+def _load_checkpoint_on_all(directory: Path, template):
+    """:func:`_load_checkpoint` for every process: process 0 reads the file and broadcasts what it read, so
+    the other hosts need no shared file system (the file is written by process 0 alone, too)."""
+    if jax.process_count() == 1:
+        return _load_checkpoint(directory, template)
+    from jax.experimental import multihost_utils
+
+    first = jax.process_index() == 0
+    loaded = _load_checkpoint(directory, template) if first else None
+    if not int(multihost_utils.broadcast_one_to_all(np.int32(loaded is not None))):
+        return None
+    if first:
+        tree, meta = loaded
+        text = np.frombuffer(json.dumps(meta, allow_nan=True).encode(), dtype=np.uint8)
+    else:
+        tree, text = jax.device_get(template), None
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(0 if text is None else text.size)))
+    text = multihost_utils.broadcast_one_to_all(np.zeros(size, np.uint8) if text is None else text)
+    tree = multihost_utils.broadcast_one_to_all(jax.tree.map(np.asarray, tree))
+    return jax.tree.map(np.asarray, tree), json.loads(np.asarray(text, np.uint8).tobytes().decode())
+
+
+def _sync(name: str):
+    """A barrier across processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _load_checkpoint(directory: Path, template):
     path = directory / CHECKPOINT_FILE
     if not path.exists():
@@ -373,7 +446,7 @@ def _devices(devices):
 
 def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps: int | None = None,
         epochs: int | None = None, eval_every: int | None = None, seed: int = 0, data_seed: int | None = None,
-        params=None, accumulation_steps: int = 1, learning_rate=None, devices=None,
+        params=None, opt_state=None, accumulation_steps: int = 1, learning_rate=None, devices=None,
         eval_batch_size: int | None = None, eval_batches: int | None = None, progress=True,
         checkpoint_dir=None, checkpoint_every: int | None = None, result_path=None, config: Mapping | None = None,
         callback: Callable | None = None) -> TrainResult:
@@ -383,7 +456,8 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
     Arguments (see the module docstring for what each does):
 
     - ``model``: a :class:`lamb.experiments.models.Model`; ``params``: initial parameters (default
-      ``model.init(jax.random.key(seed))``).
+      ``model.init(jax.random.key(seed))``); ``opt_state``: initial optimizer state (default
+      ``tx.init(params)``; given to carry moments from one phase of a recipe into the next).
     - ``tx``: any ``optax.GradientTransformation``; ``learning_rate``: its rate or schedule, recorded per step
       (optional; when missing, an ``inject_hyperparams`` state's rate is recorded, else NaN).
     - ``steps`` or ``epochs`` (exactly one): ``epochs`` means ``epochs * floor(num_train / batch_size)`` steps.
@@ -451,7 +525,8 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
 
     if params is None:
         params = model.init(jax.random.key(seed))
-    opt_state = tx.init(params)
+    if opt_state is None:
+        opt_state = tx.init(params)
     layer_names = list(trust_ratios(opt_state))
     history = {"step": [], "loss": [], "accuracy": [], "learning_rate": [], "trust_ratio": [], "eval_step": [],
                "test_loss": [], "test_accuracy": []}
@@ -459,7 +534,7 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
     start = 0
     checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
     if checkpoint_dir is not None:
-        loaded = _load_checkpoint(checkpoint_dir, (params, opt_state))
+        loaded = _load_checkpoint_on_all(checkpoint_dir, (params, opt_state))
         if loaded is not None:
             (params, opt_state), meta = loaded
             if meta["config_hash"] != config_hash(run_config):
@@ -468,13 +543,13 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
             start = int(meta["step"])
             history = {k: list(v) for k, v in meta["history"].items()}
 
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(opt_state, replicated)
+    params = _put_replicated(params, replicated)
+    opt_state = _put_replicated(opt_state, replicated)
     train_step = jax.jit(make_train_step(model, tx, accumulation_steps),
                          in_shardings=(replicated, replicated, batch_sharding),
                          out_shardings=(replicated, replicated, replicated))
     eval_step = jax.jit(make_eval_step(model), in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-    eval_data = [jax.device_put(b, batch_sharding) for b in source.eval_batches(eval_batch_size, eval_batches)]
+    eval_data = [_put_batch(b, batch_sharding) for b in source.eval_batches(eval_batch_size, eval_batches)]
 
     def evaluate(step):
         totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
@@ -503,12 +578,13 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
     if start == 0 and not history["eval_step"]:
         evaluate(0)
     stream = source.stream(batch_size, data_seed, start)
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc=f"{model.name} B={batch_size}",
+    writer = jax.process_index() == 0  # one process writes files and draws the bar
+    bar = tqdm(total=steps, initial=start, disable=not progress or not writer, desc=f"{model.name} B={batch_size}",
                file=None if isinstance(progress, bool) else progress,
                unit="step", dynamic_ncols=True)
     try:
         for step in range(start + 1, steps + 1):
-            batch = jax.device_put(next(stream), batch_sharding)
+            batch = _put_batch(next(stream), batch_sharding)
             params, opt_state, metrics = train_step(params, opt_state, batch)
             pending.append((step, metrics))
             bar.update(1)
@@ -521,10 +597,12 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
             if checkpoint_dir is not None and (step % checkpoint_every == 0 or step == steps):
                 flush()
                 epoch, position = divmod(step, max(source.num_train // batch_size, 1))
-                _save_checkpoint(checkpoint_dir, params, opt_state,
-                                 {"step": step, "epoch": epoch, "batch_in_epoch": position, "data_seed": data_seed,
-                                  "seed": seed, "config": run_config, "config_hash": config_hash(run_config),
-                                  "history": history})
+                if writer:
+                    _save_checkpoint(checkpoint_dir, params, opt_state,
+                                     {"step": step, "epoch": epoch, "batch_in_epoch": position,
+                                      "data_seed": data_seed, "seed": seed, "config": run_config,
+                                      "config_hash": config_hash(run_config), "history": history})
+                _sync(f"checkpoint {checkpoint_dir} {step}")
             if callback is not None:
                 callback(step, params, opt_state)
     finally:
@@ -542,6 +620,6 @@ def fit(model, tx: optax.GradientTransformation, data, *, batch_size: int, steps
                                 if callable(learning_rate) else np.full(len(counts), float(learning_rate)))
     out["trust_ratio"] = {name: ratios[:, i] for i, name in enumerate(layer_names)}
     result = TrainResult(jax.device_get(params), jax.device_get(opt_state), out, run_config, env, start)
-    if result_path is not None:
+    if result_path is not None and writer:
         result.save(result_path)
     return result
