@@ -316,11 +316,22 @@ def clear_programs() -> None:
 
 
 def _program(task: Task, make_tx, schedule: str, micro_batch: int, noise_examples: int):
+    programs = dict(_chunk_program(task, make_tx, schedule, micro_batch))
+    programs["noise"] = None
+    if noise_examples:
+        key = ("noise", id(task), noise_examples)
+        if key not in _PROGRAMS:
+            _PROGRAMS[key] = jax.jit(_noise_scale_fn(task, noise_examples))
+        programs["noise"] = _PROGRAMS[key]
+    return programs
+
+
+def _chunk_program(task: Task, make_tx, schedule: str, micro_batch: int):
     """The jitted ``init``, ``chunk`` (and ``noise``) functions, cached: calls with the same task, optimizer
     factory, schedule and micro-batch reuse one compiled program whatever the batch size (a multiple of the
     micro-batch), the chunk length, the schedule's lengths and the trials' rates and seeds (all traced; only
     the number of trials is a shape)."""
-    key = (id(task), make_tx, schedule, micro_batch, noise_examples)
+    key = (id(task), make_tx, schedule, micro_batch)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     model, n_train, micro = task.model, task.num_train, micro_batch
@@ -395,8 +406,7 @@ def _program(task: Task, make_tx, schedule: str, micro_batch: int, noise_example
                                    "test_loss": sums["loss"] / count, "test_accuracy": sums["correct"] / count}
 
     trial_axes = (0, 0, 0, 0, 0) + (None,) * 9
-    programs = {"init": jax.jit(jax.vmap(init)), "chunk": jax.jit(jax.vmap(chunk, in_axes=trial_axes)),
-                "noise": jax.jit(_noise_scale_fn(task, noise_examples)) if noise_examples else None}
+    programs = {"init": jax.jit(jax.vmap(init)), "chunk": jax.jit(jax.vmap(chunk, in_axes=trial_axes))}
     _PROGRAMS[key] = programs
     return programs
 
