@@ -530,3 +530,236 @@ def load_mlperf_rcps() -> dict:
                       "steps": mean * per_unit / b})
         out[name] = entry
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Summaries and figures of a workload's payload: {"label", "metric", "target", "results": {optimizer: JSON}}
+# (functions of the result data, so that a shipped full-scale result file redraws the same figures)
+# ---------------------------------------------------------------------------------------------------------------
+
+OPTIMIZER_LABELS = {"lamb": "LAMB", "lars": "LARS", "adamw": "AdamW", "nesterov": "Nesterov"}
+
+
+def results_of(workload: Mapping) -> dict[str, ScalingResult]:
+    """``{optimizer: ScalingResult}`` of a workload payload (JSON or already parsed)."""
+    return {name: r if isinstance(r, ScalingResult) else ScalingResult.from_json(r)
+            for name, r in workload["results"].items()}
+
+
+def summarize(workload: Mapping, samples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    r"""Per optimizer: the fit (``s_min``, ``b_crit``, ``bound``), the bootstrap ``interval`` of
+    :math:`B_\text{crit}` over seeds and its ``samples``, the ``regions`` of the ladder, the tuned rate's
+    ``lr_exponent``, and the ``violations`` of :func:`steps_never_rise`. An optimizer whose tuned trials
+    reached the target at fewer than three batch sizes gets ``fit = None``."""
+    out = {}
+    for name, r in results_of(workload).items():
+        b, med = r.batch_sizes, r.median_steps()
+        entry = {"batch_size": b.tolist(), "median_steps": med.tolist(), "tuned_lr": r.tuned_lrs().tolist(),
+                 "regions": regions(b, med) if len(b) > 1 else [],
+                 "violations": steps_never_rise(b, [x.seed_steps for x in r.batches],
+                                                [x.eval_every for x in r.batches]),
+                 "at_edge": [x.batch_size for x in r.batches if x.at_edge]}
+        try:
+            fit = r.fit()
+        except ValueError:
+            entry.update(fit=None, interval=(math.nan, math.nan), samples=np.full(samples, np.nan))
+        else:
+            boot = r.bootstrap(samples, seed)
+            finite = np.isfinite(boot)
+            entry.update(fit=fit, samples=boot,
+                         interval=percentile_interval(boot, level) if finite.any() else (math.nan, math.nan))
+        try:
+            entry["lr_exponent"] = learning_rate_exponent(b, r.tuned_lrs())
+        except ValueError:
+            entry["lr_exponent"] = math.nan
+        out[name] = entry
+    return out
+
+
+def critical_batch_ratio(summary: Mapping, numerator: str, denominator: str, level: float = 0.95) -> dict:
+    r""":math:`B_\text{crit}` of ``numerator`` over that of ``denominator``: the ratio of the fits and the
+    percentile interval of the ratio of independent bootstrap resamples (``nan`` where a fit is missing)."""
+    a, b = summary[numerator], summary[denominator]
+    if a["fit"] is None or b["fit"] is None:
+        return {"ratio": math.nan, "interval": (math.nan, math.nan), "bounds": (None, None)}
+    ratios = np.asarray(a["samples"]) / np.asarray(b["samples"])
+    interval = percentile_interval(ratios, level) if np.isfinite(ratios).any() else (math.nan, math.nan)
+    return {"ratio": a["fit"].b_crit / b["fit"].b_crit, "interval": interval,
+            "bounds": (a["fit"].bound, b["fit"].bound)}
+
+
+def _styles():
+    from lamb.experiments import plotting
+
+    return dict(zip(OPTIMIZERS, plotting.style_cycle()))
+
+
+def plot_steps(workload: Mapping, *, ax=None, examples: bool = False, summary: Mapping | None = None):
+    """Steps (or examples) to the target against batch size, log-log: the median over seeds of every
+    optimizer's tuned trial with its range (bars), the perfect-scaling line through its smallest batch, the
+    fit :math:`S_\\text{min}(1 + B_\\text{crit}/B)` (thin), and open markers at the top for batch sizes where
+    the tuned trial never reached the target."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots()[1]
+    styles = _styles()
+    tops = []
+    for name, r in results_of(workload).items():
+        st = styles[name]
+        b = r.batch_sizes
+        scale = b if examples else np.ones_like(b)
+        med = r.median_steps() * scale
+        lo = np.array([x.summary["min"] for x in r.batches]) * scale
+        hi = np.array([x.summary["max"] for x in r.batches]) * scale
+        ok = np.isfinite(med)
+        hi_ok = np.where(np.isfinite(hi), hi, med)
+        ax.errorbar(b[ok], med[ok], yerr=[med[ok] - lo[ok], hi_ok[ok] - med[ok]], marker="o", capsize=2,
+                    color=st["color"], linestyle=st["linestyle"], label=OPTIMIZER_LABELS.get(name, name))
+        tops.extend(med[ok])
+        if ok.any():
+            i = np.flatnonzero(ok)[0]
+            ideal = np.full_like(b, med[i]) if examples else med[i] * b[i] / b
+            ax.plot(b, ideal, color=st["color"], linestyle=":", linewidth=0.9, alpha=0.6)
+        fit = None if summary is None else summary.get(name, {}).get("fit")
+        if fit is not None:
+            bb = np.geomspace(b.min(), b.max(), 100)
+            ax.plot(bb, fit.examples(bb) if examples else fit.steps(bb), color=st["color"], linewidth=0.7, alpha=0.8)
+        if (~ok).any():
+            ax.plot(b[~ok], np.full((~ok).sum(), max(tops or [1.0]) * 1.6), marker="o", markerfacecolor="none",
+                    linestyle="none", color=st["color"])
+    ax.plot([], [], color="0.4", linestyle=":", linewidth=0.9, label="perfect scaling")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size $B$")
+    what = "examples" if examples else "steps"
+    ax.set_ylabel(f"{what} to {workload['metric'].replace('_', ' ')} {'<=' if 'loss' in workload['metric'] else '>='} "
+                  f"{workload['target']:g}")
+    ax.set_title(workload["label"])
+    ax.legend(ncols=2)
+    return ax
+
+
+def plot_learning_rates(workload: Mapping, *, ax=None):
+    """The tuned peak learning rate against batch size per optimizer (log-log), normalised by the rate at the
+    smallest batch, with the linear (:math:`\\propto B`) and square-root (:math:`\\propto \\sqrt B`) rules."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots()[1]
+    styles = _styles()
+    b_all = []
+    for name, r in results_of(workload).items():
+        b, lr = r.batch_sizes, r.tuned_lrs()
+        ok = np.isfinite(lr)
+        if not ok.any():
+            continue
+        i = np.flatnonzero(ok)[0]
+        edge = np.array([x.at_edge for x in r.batches])
+        st = styles[name]
+        ax.plot(b[ok], lr[ok] / lr[i], marker="o", color=st["color"], linestyle=st["linestyle"],
+                label=OPTIMIZER_LABELS.get(name, name))
+        if (edge & ok).any():
+            ax.plot(b[edge & ok], lr[edge & ok] / lr[i], marker="s", markersize=9, markerfacecolor="none",
+                    linestyle="none", color=st["color"])
+        b_all.extend(b)
+    b = np.array(sorted(set(b_all)))
+    if b.size:
+        ax.plot(b, b / b[0], color="0.3", linestyle="--", linewidth=1.0, label="linear rule")
+        ax.plot(b, np.sqrt(b / b[0]), color="0.3", linestyle=":", linewidth=1.0, label="square-root rule")
+    ax.plot([], [], marker="s", markerfacecolor="none", linestyle="none", color="0.4", label="at the grid's edge")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("batch size $B$")
+    ax.set_ylabel("tuned peak rate / rate at smallest $B$")
+    ax.set_title(workload["label"])
+    ax.legend(ncols=2)
+    return ax
+
+
+_REGION_COLORS = {"perfect": "#009E73", "diminishing": "#E69F00", "maximal": "#D55E00", "unknown": "0.85"}
+
+
+def plot_regions(workload: Mapping, summary: Mapping, *, ax=None):
+    """Every optimizer's ladder as a strip of its steps between batch sizes, coloured by the region read off
+    the data (:func:`regions`), with its fitted :math:`B_\\text{crit}` (a bar) and bootstrap interval."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    ax = ax or plt.subplots()[1]
+    names = list(summary)
+    for row, name in enumerate(names):
+        s = summary[name]
+        b = np.asarray(s["batch_size"])
+        for k, region in enumerate(s["regions"]):
+            ax.barh(row, b[k + 1] - b[k], left=b[k], height=0.6, color=_REGION_COLORS[region], edgecolor="white")
+        fit = s.get("fit")
+        if fit is not None:
+            lo, hi = s["interval"]
+            if np.isfinite(lo):
+                ax.plot([lo, hi], [row, row], color="black", linewidth=1.2)
+            ax.plot([fit.b_crit], [row], marker="|", markersize=16, color="black")
+    ax.set_yticks(range(len(names)), [OPTIMIZER_LABELS.get(n, n) for n in names])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size $B$")
+    ax.set_title(workload["label"])
+    handles = [Patch(color=c, label={"perfect": "perfect scaling", "diminishing": "diminishing returns",
+                                     "maximal": "maximal data parallelism", "unknown": "target not reached"}[k])
+               for k, c in _REGION_COLORS.items()]
+    handles.append(plt.Line2D([], [], color="black", marker="|", markersize=12, label="$B_\\mathrm{crit}$ (95% interval)"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=3)
+    ax.grid(False)
+    return ax
+
+
+def plot_noise_scale(workload: Mapping, summary: Mapping | None = None, *, ax=None):
+    """McCandlish et al.'s :math:`B_\\text{simple}` along the tuned run at the smallest batch size, against
+    the examples seen, for every optimizer that recorded it, with each optimizer's fitted
+    :math:`B_\\text{crit}` as a horizontal line."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots()[1]
+    styles = _styles()
+    for name, r in results_of(workload).items():
+        st = styles[name]
+        for h in (r.batches[0].histories if r.batches else []):
+            if "noise_scale" in h:
+                x = np.asarray(h["step"]) * r.batches[0].batch_size
+                y = np.asarray(h["noise_scale"])
+                ok = np.isfinite(y) & (y > 0)
+                ax.plot(x[ok], y[ok], color=st["color"], linestyle=st["linestyle"],
+                        label=f"$B_\\mathrm{{simple}}$, {OPTIMIZER_LABELS.get(name, name)}")
+                break
+        fit = None if summary is None else summary.get(name, {}).get("fit")
+        if fit is not None and fit.bound is None:
+            ax.axhline(fit.b_crit, color=st["color"], linewidth=0.8, alpha=0.7)
+    ax.plot([], [], color="0.4", linewidth=0.8, label="fitted $B_\\mathrm{crit}$")
+    ax.set_yscale("log")
+    ax.set_xlabel("examples seen")
+    ax.set_ylabel("batch size")
+    ax.set_title(workload["label"])
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_mlperf(rcps: Mapping, *, ax=None):
+    """The MLPerf reference convergence points converted to steps to target against batch size, with their
+    fits and perfect-scaling lines (the runs were retuned at every batch size)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots()[1]
+    for (name, entry), color in zip(rcps.items(), ("#0072B2", "#D55E00")):
+        b, s = entry["batch_size"], entry["steps"]
+        fit = fit_critical_batch(b, s)
+        label = {"resnet50_lars": "ResNet-50, LARS", "bert_large_lamb": "BERT-Large, LAMB"}.get(name, name)
+        ax.plot(b, s, marker="o", linestyle="none", color=color,
+                label=f"{label} ($B_\\mathrm{{crit}}$ ~ {fit.b_crit:,.0f})")
+        bb = np.geomspace(b.min(), b.max(), 100)
+        ax.plot(bb, fit.steps(bb), color=color, linewidth=0.9)
+        ax.plot(b, s[0] * b[0] / b, color=color, linestyle=":", linewidth=0.9, alpha=0.6)
+    ax.plot([], [], color="0.4", linestyle=":", linewidth=0.9, label="perfect scaling")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size $B$")
+    ax.set_ylabel("steps to the MLPerf target")
+    ax.set_title("MLPerf reference convergence points")
+    ax.legend()
+    return ax
