@@ -57,3 +57,18 @@ def test_goyal_shape_decays_at_30_60_80_of_90():
     s = lbr.goyal_shape(900)
     assert float(s(0)) == 0.0 and float(s(50)) == 1.0
     np.testing.assert_allclose([float(s(t)) for t in (299, 300, 600, 800)], [1.0, 0.1, 0.01, 0.001], rtol=1e-5)
+
+
+def test_trial_bank_in_the_vectorized_runner():
+    from lamb.experiments import data, vectorized
+
+    ds = data.load_digits()
+    m = models.resnet((8, 8, 1), 10, widths=(4,), groups=4)
+    task = vectorized.image_task(m, data.Dataset("digits", ds.x_train.reshape(-1, 8, 8, 1), ds.y_train,
+                                                  ds.x_test.reshape(-1, 8, 8, 1), ds.y_test, 10))
+    rows = [("Adam", 1e-3, 0.0), ("LAMB", 0.02, 0.01)]
+    r = vectorized.run_trials(task, lbr.trial_bank(rows, lbr.goyal_shape(4)), [(1.0, 0), (2.0, 0)], batch_size=32,
+                              steps=4, eval_every=2, schedule="constant", stop=None)
+    losses = [h["train_loss"] for h in r.histories]
+    assert all(np.all(np.isfinite(v)) for v in losses)
+    assert not np.allclose(losses[0], losses[1])  # the rows train with different optimizers
