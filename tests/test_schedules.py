@@ -76,3 +76,40 @@ def test_batch_size_scaling_rules():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_two_phase_rewarmup_by_hand():
+    # Phase 1: peak 1, warmup 2, 6 steps: 0, 1/2, 1, then 1 - (t-2)/4. Phase 2 re-warmed from 0: peak 0.5,
+    # warmup 1, 3 steps: 0 at the phase change, 0.5 at its step 1, then 0.5 (1 - (t'-1)/2).
+    s = schedules.two_phase_warmup_polynomial_decay(1.0, 2, 6, 0.5, 1, 3)
+    want = [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0, 0.5, 0.25, 0.0, 0.0]
+    np.testing.assert_allclose([float(s(t)) for t in range(11)], want, atol=1e-7)
+    assert s.phase_steps == (6, 3)
+    # the traced form gives the same numbers from array arguments (as inject_hyperparams passes them)
+    import jax.numpy as jnp
+    traced = [float(schedules.two_phase_rate(t, *map(jnp.float32, (1.0, 2, 6, 0.5, 1, 3)))) for t in range(11)]
+    np.testing.assert_allclose(traced, want, atol=1e-7)
+
+
+def test_two_phase_equals_one_phase_before_the_change():
+    one = schedules.warmup_polynomial_decay(0.3, 10, 100)
+    two = schedules.two_phase_warmup_polynomial_decay(0.3, 10, 100, 0.1, 5, 20)
+    np.testing.assert_allclose([float(two(t)) for t in range(100)], [float(one(t)) for t in range(100)], atol=1e-7)
+    assert float(two(100)) == 0.0 and float(two(105)) == pytest.approx(0.1)
+
+
+def test_two_phase_rejects_bad_phases():
+    with pytest.raises(ValueError, match="warmup_2=3 must be smaller"):
+        schedules.two_phase_warmup_polynomial_decay(1.0, 1, 5, 1.0, 3, 3)
+    with pytest.raises(ValueError, match="steps_1"):
+        schedules.two_phase_warmup_polynomial_decay(1.0, 0, 0, 1.0, 0, 3)
+    with pytest.raises(ValueError, match="peak_2"):
+        schedules.two_phase_warmup_polynomial_decay(1.0, 0, 5, -1.0, 0, 3)
+
+
+def test_linear_epoch_warmup_keeps_warmup_steps():
+    # 0.25 epochs at B0 = 64 is 0.25 * 1024/64 = 4 steps of a 1024-example epoch; at 512, 2 epochs = 4 steps.
+    assert schedules.linear_epoch_warmup(0.25, 512, 64) == 2.0
+    assert schedules.linear_epoch_warmup(0.25, 512, 64) * 1024 / 512 == 0.25 * 1024 / 64 == 4.0
+    with pytest.raises(ValueError, match="batch_size"):
+        schedules.linear_epoch_warmup(0.25, 0, 64)

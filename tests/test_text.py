@@ -422,3 +422,23 @@ def test_wikitext_from_parquet_with_hf_datasets_offline(tmp_path, monkeypatch, c
     from_raw = text.load_wikitext_mlm(seq_len=32, vocab_size=300, root=raw)
     np.testing.assert_array_equal(from_parquet.train, from_raw.train)
     np.testing.assert_array_equal(from_parquet.validation, from_raw.validation)
+
+
+def test_mixed_batch_steps_by_hand():
+    # The paper's budget: BERT's 1M steps of 512 = 512M sequences, 10% at length 512.
+    # Regular 32K: 51.2M / 32768 = 1562.5 -> 1562 (half to even); (512M - 1562 * 32768) / 32768 = 14063.
+    assert text.mixed_batch_steps(512_000_000, 32768, 32768) == (14063, 1562) == text.two_phase_steps(15625)
+    # Mixed 64K/32K: (512M - 51,183,616) / 65536 = 7031.5 -> 7032; 7032 + 1562 = 8594 (the paper reports 8599).
+    assert text.mixed_batch_steps(512_000_000, 65536, 32768) == (7032, 1562)
+    # Small numbers: 1000 examples, 100 at the long length in batches of 10, 900 in batches of 20.
+    assert text.mixed_batch_steps(1000, 20, 10) == (45, 10)
+    assert text.mixed_batch_steps(1000, 20, 10, long_fraction=0.0) == (50, 0)
+
+
+def test_mixed_batch_steps_rejects_bad_input():
+    with pytest.raises(ValueError, match="long_fraction"):
+        text.mixed_batch_steps(1000, 20, 10, long_fraction=1.0)
+    with pytest.raises(ValueError, match="no full batch"):
+        text.mixed_batch_steps(10, 64, 10)
+    with pytest.raises(ValueError, match="short_batch"):
+        text.mixed_batch_steps(1000, 0, 10)

@@ -14,6 +14,13 @@ learning rate (``lj.lamb(schedule)``, ``optax.adamw(schedule)``). All are jittab
 - :func:`warmup_step_decay` -- Goyal et al. (2017)'s ImageNet recipe: linear ("gradual") warmup, then the
   peak rate multiplied by 0.1 at epochs 30, 60 and 80 of 90, the boundaries scaled to the run's length
   (at steps ``round(30/90 T)``, ``round(60/90 T)``, ``round(80/90 T)``).
+- :func:`two_phase_warmup_polynomial_decay` -- the paper's mixed-batch BERT recipe (section 4.1): phase 1
+  is a warmup and polynomial decay over its own steps, and at the phase change the rate is *re-warmed from
+  zero* ("we ramp up the learning rate from zero again in the second stage") and decays again over phase 2.
+  :func:`two_phase_rate` is the same function of plain (possibly traced) numbers, for
+  ``optax.inject_hyperparams``.
+- :func:`linear_epoch_warmup` -- the linear-epoch warmup rule the paper pairs with the square-root rule
+  (You et al. 2019): warmup *epochs* grow in proportion to the batch, so warmup *steps* stay constant.
 - :func:`scale_learning_rate` and :func:`scaled` -- the batch-size scaling rules: linear
   (``eta * B / B_0``, Goyal et al. 2017) and square root (``eta * sqrt(B / B_0)``, Krizhevsky 2014, the rule
   the LAMB paper uses for its BERT runs, section 4).
@@ -27,7 +34,8 @@ from collections.abc import Callable, Sequence
 import jax.numpy as jnp
 
 __all__ = ["GOYAL_BOUNDARIES", "SCALING_RULES", "warmup_polynomial_decay", "warmup_step_decay",
-           "scale_learning_rate", "scaled", "constant"]
+           "scale_learning_rate", "scaled", "constant", "two_phase_warmup_polynomial_decay", "two_phase_rate",
+           "linear_epoch_warmup"]
 
 #: Goyal et al. (2017): the learning rate is divided by 10 at epochs 30, 60 and 80 of a 90-epoch run.
 GOYAL_BOUNDARIES = (30 / 90, 60 / 90, 80 / 90)
@@ -138,3 +146,61 @@ def scaled(schedule, batch_size: int, base_batch_size: int, rule: str = "linear"
     if callable(schedule):
         return lambda count: schedule(count) * factor
     return constant(scale_learning_rate(schedule, batch_size, base_batch_size, rule))
+
+
+def _warmup_decay_rate(t, peak, warmup, total, power, end_value):
+    """``warmup_polynomial_decay``'s value at ``t`` from 0, as a pure function of arrays (no validation)."""
+    warm = peak * t / jnp.maximum(warmup, 1.0)
+    frac = jnp.clip((t - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    decay = (peak - end_value) * (1.0 - frac) ** power + end_value
+    return jnp.where(t < warmup, warm, decay)
+
+
+def two_phase_rate(count, peak_1, warmup_1, steps_1, peak_2, warmup_2, steps_2, power=1.0, end_value=0.0):
+    r"""The rate of :func:`two_phase_warmup_polynomial_decay` at step count ``count``, computed from plain
+    numbers or arrays without validation: every argument may be traced, so that ``optax.inject_hyperparams``
+    can keep the schedule's numbers in the optimizer state (one compiled step serves every rate and length)."""
+    t = jnp.asarray(count, jnp.float32)
+    first = _warmup_decay_rate(t, peak_1, warmup_1, steps_1, power, end_value)
+    second = _warmup_decay_rate(t - steps_1, peak_2, warmup_2, steps_2, power, end_value)
+    return jnp.where(t < steps_1, first, second).astype(jnp.float32)
+
+
+def two_phase_warmup_polynomial_decay(peak_1: float, warmup_1: int, steps_1: int, peak_2: float, warmup_2: int,
+                                      steps_2: int, power: float = 1.0, end_value: float = 0.0) -> Callable:
+    r"""The mixed-batch recipe's schedule: two warmup-then-polynomial-decay phases, the second re-warmed from 0.
+
+    .. math::
+       \eta_t = \begin{cases} s_1(t) & t < T_1 \\ s_2(t - T_1) & t \ge T_1 \end{cases}, \qquad
+       s_k = \texttt{warmup\_polynomial\_decay}(\eta_k, w_k, T_k)
+
+    so :math:`\eta_{T_1} = 0`: the first update of phase 2 starts the ramp again, up to ``peak_2`` at step
+    :math:`T_1 + w_2`, then decays to ``end_value`` at :math:`T_1 + T_2`. You et al. (2020, section 4.1) train
+    phase 1 (sequence length 128) at batch 65536 and phase 2 (length 512) at 32768 this way; NVIDIA's
+    recipe uses peaks 6e-3 and 4e-3 (about the square-root rule's ratio :math:`\sqrt 2`).
+    """
+    peak_1, peak_2 = _check_number("peak_1", peak_1), _check_number("peak_2", peak_2)
+    end_value = _check_number("end_value", end_value)
+    power = _check_number("power", power, strict=True)
+    steps_1, steps_2 = _check_steps("steps_1", steps_1, 1), _check_steps("steps_2", steps_2, 1)
+    warmup_1, warmup_2 = _check_steps("warmup_1", warmup_1), _check_steps("warmup_2", warmup_2)
+    for name, w, s in (("warmup_1", warmup_1, steps_1), ("warmup_2", warmup_2, steps_2)):
+        if w >= s:
+            raise ValueError(f"{name}={w} must be smaller than its phase's steps ({s})")
+
+    def schedule(count):
+        return two_phase_rate(count, peak_1, warmup_1, steps_1, peak_2, warmup_2, steps_2, power, end_value)
+
+    schedule.phase_steps = (steps_1, steps_2)
+    return schedule
+
+
+def linear_epoch_warmup(warmup_epochs: float, batch_size: int, base_batch_size: int) -> float:
+    r"""Warmup epochs at ``batch_size`` by the linear-epoch rule (You et al. 2019, "LEGW"), which the LAMB
+    paper uses with the square-root rate rule for BERT: ``warmup_epochs * B / B_0``.
+
+    An epoch has :math:`N/B` steps, so the warmup *steps* :math:`w_0 \frac{B}{B_0} \frac{N}{B} = w_0
+    \frac{N}{B_0}` do not change with the batch, while the *fraction* of a fixed-epoch run spent warming up
+    grows in proportion to :math:`B`."""
+    warmup_epochs = _check_number("warmup_epochs", warmup_epochs)
+    return warmup_epochs * _factor(batch_size, base_batch_size, "linear")

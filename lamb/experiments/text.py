@@ -49,7 +49,8 @@ WikiText-103 (Merity et al. 2016), Wikipedia articles as in BERT's corpus, throu
 (the optional extra ``lamb[data]``) or from the original ``wiki.*.raw`` files.
 
 The paper's two phases (90% of training at sequence length 128, the last 10% at 512) are scaled down per
-profile by :data:`MLM_SEQ_LENS` and split by :func:`two_phase_steps`.
+profile by :data:`MLM_SEQ_LENS` and split by :func:`two_phase_steps`; :func:`mixed_batch_steps` gives the steps
+of the paper's mixed-batch recipe, a larger batch at the short length.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ __all__ = [
     "mlm_stream",
     "pack_sequences",
     "two_phase_steps",
+    "mixed_batch_steps",
     "wikitext_articles",
     "wikitext_lines",
 ]
@@ -743,3 +745,27 @@ def two_phase_steps(total_steps: int, long_fraction: float = 0.1) -> tuple[int, 
         raise ValueError(f"long_fraction must be in [0, 1], got {long_fraction!r}")
     long_steps = int(round(long_fraction * total_steps))
     return total_steps - long_steps, long_steps
+
+
+def mixed_batch_steps(total_examples: int, short_batch: int, long_batch: int,
+                      long_fraction: float = 0.1) -> tuple[int, int]:
+    """Steps of each phase when a budget of ``total_examples`` sequences is trained with ``long_fraction`` of
+    them at the long length in batches of ``long_batch`` and the rest at the short length in batches of
+    ``short_batch`` (You et al. 2020, section 4.1: 65536 at length 128, then 32768 at 512).
+
+    ``long_steps = round(long_fraction * total_examples / long_batch)`` and phase 1 gets the examples phase 2
+    does not: ``short_steps = round((total_examples - long_steps * long_batch) / short_batch)`` (Python's
+    ``round``, halves to even). With ``short_batch == long_batch`` this is :func:`two_phase_steps` of the
+    total ``total_examples / batch`` steps when that is whole: 512M sequences (BERT's 1M steps of 512) at
+    32768 give (14063, 1562), the paper's split of its 15625 steps; with 65536 in phase 1, (7032, 1562).
+    """
+    total_examples = _check_int("total_examples", total_examples, 1)
+    short_batch = _check_int("short_batch", short_batch, 1)
+    long_batch = _check_int("long_batch", long_batch, 1)
+    if not 0.0 <= float(long_fraction) < 1.0:
+        raise ValueError(f"long_fraction must be in [0, 1), got {long_fraction!r}")
+    long_steps = int(round(long_fraction * total_examples / long_batch))
+    short_steps = int(round((total_examples - long_steps * long_batch) / short_batch))
+    if short_steps < 1:
+        raise ValueError(f"total_examples={total_examples} leaves no full batch of {short_batch} for phase 1")
+    return short_steps, long_steps
