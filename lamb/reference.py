@@ -407,24 +407,38 @@ def lars(state, params, grads, *, lr, beta1=0.9, weight_decay=0.0, norm="l2", tr
 
 
 def lars_2017(state, params, grads, *, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=1e-3,
-              eps=0.0, nesterov=False, weight_decay_mask=None, layer_adaptation_mask=None):
-    r"""LARS as You, Gitman and Ginsburg (2017) and ``optax.lars`` order it: the trust ratio scales the
+              eps=0.0, nesterov=False, weight_decay_mask=None, layer_adaptation_mask=None,
+              trust_denominator="combined"):
+    r"""LARS in the order of You, Gitman and Ginsburg (2017) and ``optax.lars``: the trust ratio scales the
     gradient, *before* the momentum.
 
     .. math::
-        u_t^{(i)} &= \eta_t \frac{\kappa \|x_t^{(i)}\|}{\|g_t^{(i)} + \lambda x_t^{(i)}\| + \epsilon}
-            (g_t^{(i)} + \lambda x_t^{(i)}) \\
-        b_t &= \mu b_{t-1} + u_t, \qquad x_{t+1} = x_t - b_t
-            \quad (\text{Nesterov: } x_t - (u_t + \mu b_t))
+        q_t^{(i)} &= \eta_t \rho_t^{(i)} (g_t^{(i)} + \lambda x_t^{(i)}) \\
+        b_t &= \mu b_{t-1} + q_t, \qquad x_{t+1} = x_t - b_t
+            \quad (\text{Nesterov: } x_t - (q_t + \mu b_t))
 
-    with :math:`\kappa` the trust coefficient and the zero-norm rule (ratio 1) of :func:`trust_ratio`.
-    Contrast :func:`lars`, the paper's Algorithm 1, which normalizes the momentum instead.
+    with :math:`\kappa` the trust coefficient and one of two local rates :math:`\rho_t^{(i)}`:
+
+    - ``trust_denominator="combined"`` (default), ``optax.lars``'s form:
+      :math:`\rho = \kappa \|x\| / (\|g + \lambda x\| + \epsilon)`;
+    - ``trust_denominator="separate"``, the 2017 paper's Algorithm 1:
+      :math:`\rho = \kappa \|x\| / (\|g\| + \lambda \|x\| + \epsilon)` (the paper writes :math:`\eta` for
+      :math:`\kappa` and :math:`\beta` for :math:`\lambda`).
+
+    The two coincide when :math:`\lambda = 0`; otherwise the paper's ratio is never larger (triangle
+    inequality). The zero-norm rule (ratio 1) of :func:`trust_ratio` applies to both. Contrast :func:`lars`,
+    the LAMB paper's Algorithm 1, which normalizes the momentum instead: with :math:`\kappa = 1` its first
+    step equals this function's in the ``"combined"`` form, and in the ``"separate"`` form only when
+    :math:`\lambda = 0` (or the gradient is parallel to the weights).
     """
     _check_nonnegative("lr", lr)
     _check_beta("momentum", momentum)
     _check_nonnegative("weight_decay", weight_decay)
     _check_nonnegative("trust_coefficient", trust_coefficient)
     _check_nonnegative("eps", eps)
+    if trust_denominator not in ("combined", "separate"):
+        raise ValueError(f"trust_denominator must be 'combined' (optax: ||g + lambda x||) or 'separate' "
+                         f"(the 2017 paper: ||g|| + lambda ||x||), got {trust_denominator!r}")
     params, grads, (decay, adapt) = _prepare(
         params, grads,
         [("weight_decay_mask", weight_decay_mask), ("layer_adaptation_mask", layer_adaptation_mask)],
@@ -433,13 +447,18 @@ def lars_2017(state, params, grads, *, lr, momentum=0.9, weight_decay=0.0, trust
     b_prev = _zeros_like(params) if state is None else state["b"]
     new_b, new_x, ratios = [], [], []
     for x, g, b, lam, a in zip(params, grads, b_prev, decay, adapt):
-        d = g + (weight_decay if lam else 0.0) * x                   # g + lambda x
+        lam_i = weight_decay if lam else 0.0
+        d = g + lam_i * x                                            # g + lambda x
         x_norm, d_norm = layer_norm(x), layer_norm(d)
-        rho = trust_coefficient * x_norm / (d_norm + eps) if (a and x_norm > 0 and d_norm > 0) else 1.0
-        u = lr * rho * d
-        b = momentum * b + u                                         # b_t = mu b_{t-1} + u_t
+        if trust_denominator == "combined":
+            denominator = d_norm                                     # ||g + lambda x||       (optax)
+        else:
+            denominator = layer_norm(g) + lam_i * x_norm             # ||g|| + lambda ||x||   (2017 paper)
+        rho = trust_coefficient * x_norm / (denominator + eps) if (a and x_norm > 0 and d_norm > 0) else 1.0
+        q = lr * rho * d                                             # q_t = eta_t rho (g + lambda x)
+        b = momentum * b + q                                         # b_t = mu b_{t-1} + q_t
         new_b.append(b)
-        new_x.append(x - (u + momentum * b if nesterov else b))
+        new_x.append(x - (q + momentum * b if nesterov else b))
         ratios.append(rho)
     return {"t": t + 1, "b": new_b, "trust_ratio": ratios}, new_x
 
@@ -530,8 +549,8 @@ def nlamb(state, params, grads, *, lr, beta1=0.9, beta2=0.999, eps=1e-6, weight_
 
     :math:`\beta_{1,t}` is Dozat's schedule (:func:`momentum_schedule`; ``momentum_decay=None`` makes it
     constant) and :math:`P_1(t) = \prod_{i \le t} \beta_{1,i}`. The factor :math:`\beta_2` in
-    :math:`\hat v_t` is as stated in ``shared/paper/algorithms.md`` (Dozat's form); ``torch.optim.NAdam``
-    omits it. Without bias correction the denominators are 1.
+    :math:`\hat v_t` is Dozat's (the appendix's exact text could not be checked; the book's page "Sources and
+    what was verified" says what was); ``torch.optim.NAdam`` omits it. Without bias correction the denominators are 1.
     """
     return _nesterov_lamb(state, params, grads, variant="n", lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                           weight_decay=weight_decay, bias_correction=bias_correction,

@@ -297,6 +297,48 @@ def test_lars_2017_matches_optax_lars():
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14)
 
 
+
+def test_lars_2017_paper_denominator():
+    """The 2017 paper's local rate kappa ||x|| / (||g|| + lambda ||x||), by hand; it equals optax's
+    kappa ||x|| / ||g + lambda x|| when lambda = 0, and is smaller otherwise (triangle inequality)."""
+    rng = np.random.default_rng(3)
+    x, g = [rng.standard_normal((6, 5))], [rng.standard_normal((6, 5))]
+    lam, kappa, lr = 0.5, 0.02, 0.1
+    state, new = R.lars_2017(None, x, g, lr=lr, weight_decay=lam, trust_coefficient=kappa,
+                             trust_denominator="separate")
+    rho = kappa * np.linalg.norm(x[0]) / (np.linalg.norm(g[0]) + lam * np.linalg.norm(x[0]))
+    np.testing.assert_allclose(new[0], x[0] - lr * rho * (g[0] + lam * x[0]), rtol=1e-14)
+    assert state["trust_ratio"][0] < R.lars_2017(None, x, g, lr=lr, weight_decay=lam,
+                                                 trust_coefficient=kappa)[0]["trust_ratio"][0]
+    params, grads = random_problem(13)
+    _, a = run(R.lars_2017, params, grads, lr=0.1, weight_decay=0.0, trust_denominator="separate")
+    _, b = run(R.lars_2017, params, grads, lr=0.1, weight_decay=0.0)
+    for p, q in zip(a, b):
+        np.testing.assert_allclose(p, q, rtol=1e-14)
+
+
+def test_lars_2017_first_step_against_algorithm_1():
+    """With kappa = 1 the first step of optax's form equals Algorithm 1's in every nonzero layer; the 2017
+    paper's form equals it only when lambda = 0."""
+    rng = np.random.default_rng(4)
+    x, g = [rng.standard_normal((8, 3))], [rng.standard_normal((8, 3))]
+    for lam in (0.0, 0.1):
+        _, alg1 = R.lars(None, x, g, lr=0.05, beta1=0.9, weight_decay=lam)
+        _, combined = R.lars_2017(None, x, g, lr=0.05, weight_decay=lam, trust_coefficient=1.0)
+        _, separate = R.lars_2017(None, x, g, lr=0.05, weight_decay=lam, trust_coefficient=1.0,
+                                  trust_denominator="separate")
+        np.testing.assert_allclose(combined[0], alg1[0], rtol=1e-13)
+        if lam == 0.0:
+            np.testing.assert_allclose(separate[0], alg1[0], rtol=1e-13)
+        else:
+            assert np.linalg.norm(separate[0] - x[0]) < np.linalg.norm(alg1[0] - x[0]) * (1 - 1e-3)
+
+
+def test_lars_2017_rejects_unknown_denominator():
+    x, g = [np.ones(3)], [np.ones(3)]
+    with pytest.raises(ValueError, match="trust_denominator must be 'combined'.*got 'sum'"):
+        R.lars_2017(None, x, g, lr=0.1, trust_denominator="sum")
+
 # ---------------------------------------------------------------------------------------------------
 # Inputs: never mutated; bad values named in the error.
 

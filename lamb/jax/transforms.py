@@ -209,7 +209,8 @@ def scale_by_nesterov_adam(
     :math:`\beta_1` (as ``torch.optim.NAdam``); the schedule enters only the look-ahead.
 
     N-LAMB's :math:`\hat v_t` carries Dozat's factor :math:`\beta_2`, which ``optax.scale_by_adam(nesterov=True)``
-    and ``torch.optim.NAdam`` omit (see ``shared/paper/algorithms.md``). With ``momentum_decay=None`` and
+    and ``torch.optim.NAdam`` omit (Dozat's form; the book's "Sources and what was verified" page says
+    how far the paper's appendix could be checked). With ``momentum_decay=None`` and
     ``eps=0`` the two differ exactly by the factor :math:`\sqrt{\beta_2}`, which a trust ratio cancels
     (tested).
 
