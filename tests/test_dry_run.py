@@ -172,6 +172,12 @@ def test_part2_is_discovered_from_the_toc():
     assert all(p.is_file() for p in found), [p for p in found if not p.is_file()]
 
 
+#: Notebooks whose full-scale dry run has been run and fits CI's budget. The others are collected and skipped
+#: with this reason until their dry run is measured on CI's 2 cores (issue 14): a dry run at `gpu` shapes of
+#: the BERT notebook alone (batch 16K with accumulation) may take longer than the whole test budget on a CPU.
+DRY_RUN_MEASURED = {"training_harness"}
+
+
 def _dry_run_cases():
     cases = []
     for path in part2_notebooks():
@@ -181,7 +187,9 @@ def _dry_run_cases():
             twin = next((p for p, t in covered.items() if t == s), None)
             if twin is None:
                 covered[profile] = s
-                cases.append(pytest.param(path, profile, id=f"{path.stem}-{profile}"))
+                marks = () if path.stem in DRY_RUN_MEASURED else pytest.mark.skip(
+                    reason=f"the {profile} dry run of {path.stem} is not yet measured to fit CI's budget")
+                cases.append(pytest.param(path, profile, id=f"{path.stem}-{profile}", marks=marks))
     return cases
 
 
