@@ -48,7 +48,7 @@ def test_chapter_has_further_reading(path):
 
 
 def _reader_facing_files():
-    for pattern in ("book/*.md", "book/*.ipynb", "notebooks/*.ipynb", "lamb/**/*.py", "_toc.yml"):
+    for pattern in ("book/*.md", "book/*.ipynb", "notebooks/*.ipynb", "lamb/**/*.py", "lamb/**/*.cpp", "lamb/**/*.toml", "_toc.yml"):
         yield from sorted(ROOT.glob(pattern))
 
 
