@@ -168,3 +168,63 @@ def test_mlperf_reference_points_parse_with_units_and_monotone_batch():
 def test_bad_inputs_get_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_never_reached_points_are_violations_or_inconclusive_never_skipped():
+    inf = math.inf
+    seed_steps = [[100, 110, 120], [inf, inf, 90], [50, 55, 60]]
+    # batch 64's median never reached: with a budget longer than the bound (120 + 10) it is a violation ...
+    out = scaling.check_steps_never_rise([32, 64, 128], seed_steps, [10, 10, 10], budgets=[500, 250, 125])
+    assert len(out["violations"]) == 1 and "never reached" in out["violations"][0] and out["inconclusive"] == []
+    assert scaling.steps_never_rise([32, 64, 128], seed_steps, [10, 10, 10], budgets=[500, 250, 125]) == \
+        out["violations"]
+    # ... with a shorter budget, inconclusive; without budgets, inconclusive
+    out = scaling.check_steps_never_rise([32, 64, 128], seed_steps, [10, 10, 10], budgets=[500, 100, 125])
+    assert out["violations"] == [] and len(out["inconclusive"]) == 1
+    assert len(scaling.check_steps_never_rise([32, 64, 128], seed_steps)["inconclusive"]) == 1
+    # batch 128 is compared with batch 32, the nearest smaller batch that reached the target
+    rising = [[100, 110, 120], [inf, inf, inf], [200, 210, 220]]
+    out = scaling.check_steps_never_rise([32, 64, 128], rising, budgets=[500, 100, 500])
+    assert len(out["violations"]) == 1 and "batch 128" in out["violations"][0] and "batch 32" in out["violations"][0]
+    # a smaller batch whose seeds did not all reach it bounds nothing
+    assert scaling.steps_never_rise([32, 64], [[100, inf, 90], [inf, inf, inf]], budgets=[500, 500]) == []
+
+
+def test_frequency_baseline():
+    from types import SimpleNamespace
+
+    task = SimpleNamespace(kind="classification", train_labels=np.array([0, 0, 0, 1]),
+                           eval_labels=np.array([0, 1, -1]))
+    out = scaling.frequency_baseline(task)
+    assert out["accuracy"] == 0.5
+    np.testing.assert_allclose(out["loss"], -(np.log(0.75) + np.log(0.25)) / 2)
+    mlm = SimpleNamespace(kind="mlm", vocab_size=8, train_inputs=np.array([[2, 5, 5, 6, 3, 0]]),
+                          eval_labels=np.array([[-100, 5, -100, 6, -100, -100]]))
+    out = scaling.frequency_baseline(mlm)  # special tokens (ids < 5) are never labels: frequencies 2/3, 1/3
+    assert out["accuracy"] == 0.5
+    np.testing.assert_allclose(out["loss"], -(np.log(2 / 3) + np.log(1 / 3)) / 2)
+
+
+def test_sweep_bank_runs_every_optimizer_with_the_same_grid_shape(tmp_path):
+    from lamb.experiments import data, models, vectorized
+
+    ds = data.load("digits", seed=0)
+    task = vectorized.image_task(models.mlp(64, [16], 10), ds, eval_examples=200, eval_batch_size=100)
+    names = ["lamb", "nesterov"]
+    factories = {n: scaling.optimizer(n, weight_decay=1e-4) for n in names}
+    assert scaling.optimizer_bank(list(factories.values())) is scaling.optimizer_bank(list(factories.values()))
+    kw = dict(target=0.6, seeds=2, examples=3200, min_steps=20, evaluations=10, micro_batch=32,
+              cache_dir=tmp_path)
+    out = scaling.sweep_bank(task, factories, 3, 10.0, {"lamb": 1e-3, "nesterov": 1e-2}, [32, 64], **kw)
+    assert list(out) == names
+    for n, r in out.items():
+        assert [x.batch_size for x in r.batches] == [32, 64]
+        for x in r.batches:
+            assert len(x.grid) == 3 and len(x.seed_steps) == 2
+            np.testing.assert_allclose(np.diff(np.log10(x.grid)), 1.0)
+        assert np.isfinite(r.batches[0].seed_steps).all()  # the digits reach 60% at batch 32
+    again = scaling.sweep_bank(task, factories, 3, 10.0, {"lamb": 1e-3, "nesterov": 1e-2}, [32, 64], **kw)
+    assert [x.seed_steps for x in again["lamb"].batches] == [x.seed_steps for x in out["lamb"].batches]
+    assert len(list(tmp_path.glob("bank-*.json"))) == 2
+    with pytest.raises(ValueError, match="grid_start has no rate"):
+        scaling.sweep_bank(task, factories, 3, 10.0, {"lamb": 1e-3}, [32], **kw)

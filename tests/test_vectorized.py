@@ -213,3 +213,36 @@ def test_bad_trials_and_tasks(task):
         vectorized.run("mnist", _lamb, [1e-2], [0], batch_size=32, steps=2, eval_every=1)
     with pytest.raises(TypeError, match="Dataset or"):
         vectorized.task_for(task.model, [1, 2, 3])
+
+
+def test_variants_train_each_trial_with_its_own_optimizer(task):
+    """One program, two optimizers: each trial equals the same trial run with its optimizer alone, and
+    ``stop="any"`` waits for a trial of every variant."""
+    sgd = lambda lr: optax.sgd(lr, momentum=0.9)  # noqa: E731
+    bank = lambda lr, variant: optax.GradientTransformation(  # noqa: E731
+        lambda p: (_lamb(lr).init(p), sgd(lr).init(p)),
+        lambda g, s, p=None: _select(variant, _lamb(lr).update(g, s[0], p), sgd(lr).update(g, s[1], p)))
+    kw = dict(batch_size=64, steps=12, eval_every=4, warmup_steps=2, stop=None)
+    both = vectorized.run_trials(task, bank, [(3e-2, 0), (0.1, 1)], variants=[0, 1], **kw)
+    assert both.variants == [0, 1]
+    alone_lamb = vectorized.run_trials(task, _lamb, [(3e-2, 0)], **kw)
+    alone_sgd = vectorized.run_trials(task, sgd, [(0.1, 1)], **kw)
+    np.testing.assert_allclose(both.histories[0]["test_loss"], alone_lamb.histories[0]["test_loss"], rtol=2e-5)
+    np.testing.assert_allclose(both.histories[1]["test_loss"], alone_sgd.histories[0]["test_loss"], rtol=2e-5)
+    # stop="any" with variants: the run goes on until the slower variant has a trial at the target
+    kw = dict(batch_size=64, steps=300, eval_every=10, warmup_steps=5, target=0.8)
+    free = vectorized.run_trials(task, bank, [(3e-2, 0), (0.01, 0)], variants=[0, 1], stop=None, **kw)
+    s = free.steps_to_target()
+    assert np.isfinite(s).all() and s[0] != s[1]
+    anyone = vectorized.run_trials(task, bank, [(3e-2, 0), (0.01, 0)], variants=[0, 1], stop="any", **kw)
+    assert anyone.steps[-1] == max(s)
+    np.testing.assert_array_equal(anyone.steps_to_target(), s)
+    with pytest.raises(ValueError, match="one int per trial"):
+        vectorized.run_trials(task, bank, [(3e-2, 0)], variants=[0, 1], **kw)
+    with pytest.raises(ValueError, match="variants"):
+        vectorized.run_trials(task, bank, [(3e-2, 0)], variants=[-1], **kw)
+
+
+def _select(variant, a, b):
+    (ua, sa), (ub, sb) = a, b
+    return jax.tree.map(lambda x, y: jnp.where(variant == 1, y, x), ua, ub), (sa, sb)

@@ -11,6 +11,8 @@ batch size :math:`B`, with the metaparameters **retuned at every batch size**. T
 - :func:`sweep` -- at each batch size of a ladder, tune the peak learning rate on a log grid (one seed, every
   grid point in one vectorized program, stopped as soon as the first trial reaches the target: it is the best),
   then train the chosen rate with more seeds; results cached on disk by configuration;
+  :func:`sweep_bank` -- the same protocol for several optimizers at once, every optimizer x rate of a batch
+  size in one program (:func:`optimizer_bank`), so a whole ladder of a workload costs two compilations;
 - :func:`choose_trial` -- the tuned trial: fewest steps to the target; a trial that never reaches it counts as
   not reaching it (``inf``), never as a number; ties go to the better metric at that step, then the smaller
   rate;
@@ -35,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OPTIMIZERS", "optimizer", "decay_mask", "choose_trial", "seed_summary", "fit_critical_batch",
+__all__ = ["OPTIMIZERS", "optimizer", "optimizer_bank", "sweep_bank", "check_steps_never_rise",
+           "frequency_baseline", "decay_mask", "choose_trial", "seed_summary", "fit_critical_batch",
            "CriticalBatchFit", "bootstrap_critical_batch", "percentile_interval", "regions",
            "learning_rate_exponent", "steps_never_rise", "budget", "sweep", "BatchResult", "ScalingResult",
            "load_mlperf_rcps"]
@@ -112,6 +115,50 @@ def optimizer(name: str, *, weight_decay: float, momentum: float = 0.9, b1: floa
     make_tx.config = {"optimizer": name, "weight_decay": weight_decay, "momentum": momentum, "b1": b1, "b2": b2,
                       "eps": eps, "exclusions": exclusions}
     _FACTORIES[key] = make_tx
+    return make_tx
+
+
+_BANKS: dict = {}
+
+
+def optimizer_bank(factories: Sequence[Callable]) -> Callable:
+    """One factory ``make_tx(learning_rate, variant)`` for ``run_trials(variants=...)`` that trains trial
+    ``variant`` with ``factories[variant]`` (each a ``make_tx(learning_rate)``, e.g. from :func:`optimizer`).
+
+    Every optimizer of the bank is built and keeps its own state; the trial's own optimizer's update is the
+    one applied (the others see the same gradients and parameters and are discarded). Under ``jax.vmap`` all
+    of them are computed -- a few elementwise passes over the parameters, small beside the forward and
+    backward passes -- so that every optimizer x rate x seed of a batch size trains in one compiled program.
+    The same factories return the same function object (one compiled program per bank)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    factories = tuple(factories)
+    if not factories or not all(callable(f) for f in factories):
+        raise ValueError(f"factories must be a non-empty sequence of make_tx(learning_rate) functions, got "
+                         f"{factories!r}")
+    if factories in _BANKS:
+        return _BANKS[factories]
+
+    def make_tx(learning_rate, variant):
+        txs = [f(learning_rate) for f in factories]
+
+        def init(params):
+            return tuple(t.init(params) for t in txs)
+
+        def update(grads, state, params=None):
+            outs = [t.update(grads, s, params) for t, s in zip(txs, state)]
+            chosen = outs[0][0]
+            for j, (u, _) in enumerate(outs[1:], 1):
+                chosen = jax.tree.map(lambda a, b, j=j: jnp.where(variant == j, b, a), chosen, u)
+            return chosen, tuple(s for _, s in outs)
+
+        return optax.GradientTransformation(init, update)
+
+    make_tx.factories = factories
+    make_tx.config = {"bank": [getattr(f, "config", repr(f)) for f in factories]}
+    _BANKS[factories] = make_tx
     return make_tx
 
 
@@ -216,7 +263,8 @@ def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> 
     lo = math.log(b.min()) - _SEARCH_DECADES * math.log(10)
     hi = math.log(b.max()) + _SEARCH_DECADES * math.log(10)
     grid = np.linspace(lo, hi, 601)
-    values = [objective(u) for u in grid]
+    r = log_s[None, :] - np.log1p(np.exp(grid)[:, None] / b[None, :])  # every grid point at once
+    values = np.sum((r - r.mean(axis=1, keepdims=True)) ** 2, axis=1)
     k = int(np.argmin(values))
     u = grid[k]
     if 0 < k < len(grid) - 1:
@@ -297,23 +345,57 @@ def learning_rate_exponent(batch_sizes: Sequence[float], learning_rates: Sequenc
     return float(np.polyfit(np.log(b[keep]), np.log(lr[keep]), 1)[0])
 
 
-def steps_never_rise(batch_sizes: Sequence[float], seed_steps: Sequence[Sequence[float]],
-                     resolution: Sequence[float] | None = None) -> list[str]:
-    """Check Shallue et al.'s regularity: with the metaparameters retuned, the steps to target never rise
-    with the batch size beyond seed noise. Between consecutive batch sizes where the target was reached, a
-    violation is a median at the larger batch above the largest seed at the smaller batch plus the
-    evaluation interval ``resolution`` of the larger one. Returns the violations (empty when none)."""
+def check_steps_never_rise(batch_sizes: Sequence[float], seed_steps: Sequence[Sequence[float]],
+                           resolution: Sequence[float] | None = None,
+                           budgets: Sequence[float] | None = None) -> dict[str, list[str]]:
+    """Shallue et al.'s regularity: with the metaparameters retuned, the steps to target never rise with the
+    batch size beyond seed noise.
+
+    Each batch size whose tuned trial's median reached the target is compared with the nearest *smaller* batch
+    size whose median did: the bound is the largest seed at that smaller batch plus the evaluation interval
+    ``resolution`` of the larger one. A median above the bound is a **violation**. A batch size whose median
+    never reached the target is not a number of steps and is never skipped: it is a violation when its step
+    ``budget`` was at least the bound (the target was not reached in more steps than the smaller batch needed),
+    else **inconclusive** (the budget ended before the bound). Without ``budgets`` every such point is
+    inconclusive. Returns ``{"violations": [...], "inconclusive": [...]}``, each a list of explanations."""
     b = np.asarray(batch_sizes, dtype=np.float64)
+    if b.ndim != 1 or len(seed_steps) != b.size:
+        raise ValueError(f"seed_steps must hold one sequence per batch size ({b.size}), got {len(seed_steps)}")
     res = np.zeros_like(b) if resolution is None else np.asarray(resolution, dtype=np.float64)
-    out = []
-    for k in range(len(b) - 1):
-        lo, hi = _as_steps(seed_steps[k]), _as_steps(seed_steps[k + 1])
-        if not (np.isfinite(lo).all() and np.isfinite(np.median(hi))):
-            continue
-        if np.median(hi) > lo.max() + res[k + 1]:
-            out.append(f"batch {b[k + 1]:g}: median {np.median(hi):g} steps > {lo.max():g} (max over seeds at "
-                       f"batch {b[k]:g}) + {res[k + 1]:g}")
+    bud = None if budgets is None else np.asarray(budgets, dtype=np.float64)
+    for name, a in (("resolution", res), ("budgets", bud)):
+        if a is not None and a.shape != b.shape:
+            raise ValueError(f"{name} must hold one value per batch size ({b.size}), got shape {a.shape}")
+    per_batch = [_as_steps(v, f"seed_steps[{i}]") for i, v in enumerate(seed_steps)]
+    out = {"violations": [], "inconclusive": []}
+    ref = None  # the last batch size whose median reached the target
+    for k, steps in enumerate(per_batch):
+        med = float(np.median(steps))
+        if ref is not None:
+            bound = per_batch[ref].max() + res[k]
+            where = f"batch {b[k]:g}"
+            smaller = f"{per_batch[ref].max():g} (max over seeds at batch {b[ref]:g}) + {res[k]:g}"
+            if math.isfinite(med) and med > bound:
+                out["violations"].append(f"{where}: median {med:g} steps > {smaller}")
+            elif not math.isfinite(med):
+                if bud is not None and math.isfinite(bound) and bud[k] >= bound:
+                    out["violations"].append(f"{where}: the target was never reached in the budget of {bud[k]:g} "
+                                             f"steps >= {smaller}")
+                else:
+                    budget_text = "" if bud is None else f" of {bud[k]:g} steps"
+                    out["inconclusive"].append(f"{where}: the target was never reached in the budget{budget_text}, "
+                                               f"which ended before {smaller}")
+        if math.isfinite(med):
+            ref = k
     return out
+
+
+def steps_never_rise(batch_sizes: Sequence[float], seed_steps: Sequence[Sequence[float]],
+                     resolution: Sequence[float] | None = None, budgets: Sequence[float] | None = None) -> list[str]:
+    """The violations of :func:`check_steps_never_rise` (empty when none): a median at a larger batch above the
+    largest seed at the nearest smaller batch that reached the target plus the evaluation interval
+    ``resolution``, or, with ``budgets``, a target never reached in a budget at least that long."""
+    return check_steps_never_rise(batch_sizes, seed_steps, resolution, budgets)["violations"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,6 +582,175 @@ def sweep(task, make_tx: Callable, grid: Sequence[float], batch_sizes: Sequence[
     return ScalingResult(name, results, base)
 
 
+def _write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_step: float,
+               grid_start: Mapping[str, float], batch_sizes: Sequence[int], *, target: float,
+               metric: str | None = None, seeds: int = 3, examples: int, min_steps: int, evaluations: int = 40,
+               max_steps: int | None = None, warmup_fraction: float = 0.05, micro_batch: int | None = None,
+               noise_scale_examples: int = 0, noise_optimizers: Sequence[str] = (), cache_dir=None,
+               verbose: bool = False) -> dict[str, ScalingResult]:
+    """:func:`sweep`'s protocol for several optimizers at once: ``{name: ScalingResult}``.
+
+    ``optimizers`` maps names to ``make_tx(learning_rate)`` factories (:func:`optimizer`). Every optimizer gets
+    a log grid of the same ``grid_points`` rates with the same ratio ``grid_step``, starting at its
+    ``grid_start``. At each batch size of the ladder:
+
+    1. every optimizer x rate trains with seed 0 in one vectorized program (:func:`optimizer_bank`), stopped as
+       soon as every optimizer has a trial at the target (the first to reach it is its tuned trial);
+    2. every optimizer's tuned rate trains with seeds ``1 .. seeds - 1`` in a second program (stopped once all
+       reach the target); at the smallest batch size the first of these records the gradient noise scale for
+       the optimizers in ``noise_optimizers``.
+
+    Both programs are compiled once and serve the whole ladder (batch size, budget and rates are traced), so
+    a workload costs two compilations whatever the number of optimizers and batch sizes. The budget, schedule
+    and stop rule are :func:`sweep`'s; so is a never-reached trial (``inf``, never a number). Each batch size
+    is cached as one JSON file under ``cache_dir``, keyed by everything that defines it. In a dry run one trial
+    trains for two steps per batch size and nothing is cached.
+    """
+    import time
+
+    from lamb import profiles
+    from lamb.experiments import metrics as _metrics
+    from lamb.experiments import vectorized
+    from lamb.experiments.train import _jsonable, config_hash
+
+    names = list(optimizers)
+    if not names:
+        raise ValueError("optimizers must name at least one optimizer")
+    if isinstance(grid_points, bool) or not isinstance(grid_points, int) or grid_points < 1:
+        raise ValueError(f"grid_points must be a positive int, got {grid_points!r}")
+    if not (isinstance(grid_step, (int, float)) and math.isfinite(grid_step) and grid_step > 1):
+        raise ValueError(f"grid_step must be a number > 1, got {grid_step!r}")
+    missing = [n for n in names if n not in grid_start]
+    if missing:
+        raise ValueError(f"grid_start has no rate for {missing}; it has {sorted(grid_start)}")
+    grids = {n: [float(grid_start[n]) * float(grid_step) ** k for k in range(grid_points)] for n in names}
+    for n, g in grids.items():
+        if not all(math.isfinite(v) and v > 0 for v in g):
+            raise ValueError(f"grid_start[{n!r}] must be a positive rate, got {grid_start[n]!r}")
+    unknown = [n for n in noise_optimizers if n not in names]
+    if unknown:
+        raise ValueError(f"noise_optimizers {unknown} are not among the optimizers {names}")
+    ladder = [int(b) for b in batch_sizes]
+    if not ladder or any(b < 1 for b in ladder) or ladder != sorted(set(ladder)):
+        raise ValueError(f"batch_sizes must be increasing positive ints, got {list(batch_sizes)!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
+    metric = metric or ("test_loss" if task.kind == "mlm" else "test_accuracy")
+    hib = _metrics._higher_is_better(metric, None)
+    dry = profiles.dry_run()
+    bank = optimizer_bank([optimizers[n] for n in names])
+    configs = {n: getattr(optimizers[n], "config", {"optimizer": n}) for n in names}
+    base = {"task": task.config, "optimizers": configs, "grids": grids, "target": float(target), "metric": metric,
+            "seeds": seeds, "examples": examples, "min_steps": min_steps, "evaluations": evaluations,
+            "max_steps": max_steps, "warmup_fraction": warmup_fraction, "micro_batch": micro_batch,
+            "noise_scale_examples": noise_scale_examples, "noise_optimizers": list(noise_optimizers),
+            "protocol": "bank-1"}
+    cache = None if (cache_dir is None or dry) else Path(cache_dir)
+    per_name: dict[str, list] = {n: [] for n in names}
+    tune_trials = [(lr, 0) for n in names for lr in grids[n]]
+    tune_variants = [i for i, n in enumerate(names) for _ in grids[n]]
+    for B in ladder:
+        steps, every = budget(B, examples=examples, min_steps=min_steps, evaluations=evaluations,
+                              max_steps=max_steps)
+        config = dict(base, batch_size=B)
+        path = None if cache is None else cache / f"bank-{B}-{config_hash(config)}.json"
+        if path is not None and path.exists() and (payload := _read_cache(path)) is not None:
+            for n in names:
+                per_name[n].append(ScalingResult.from_json({"optimizer": n, "config": base,
+                                                            "batches": [payload[n]]}).batches[0])
+            continue
+        t0 = time.perf_counter()
+        kw = dict(batch_size=B, steps=steps, eval_every=every, warmup_steps=int(warmup_fraction * steps),
+                  micro_batch=None if micro_batch is None else min(micro_batch, B), target=float(target),
+                  metric=metric)
+        tune = vectorized.run_trials(task, bank, tune_trials, stop="any", variants=tune_variants, **kw)
+        grid_steps = tune.steps_to_target()
+        last = np.array([h[metric][-1] for h in tune.histories])
+        rows = {}
+        for i, n in enumerate(names):
+            idx = [j for j, v in enumerate(tune.variants or [0]) if v == i]  # a dry run keeps one trial
+            if not idx:
+                rows[n] = (math.nan, False, [math.inf] * seeds, [], grid_steps[:0])
+                continue
+            pick = choose_trial([tune.trials[j][0] for j in idx], grid_steps[idx], last[idx], hib)
+            if pick is None:
+                rows[n] = (math.nan, False, [math.inf] * seeds, [], grid_steps[idx])
+            else:
+                j = idx[pick]
+                lr = tune.trials[j][0]
+                rows[n] = (lr, grid_points > 1 and lr in (grids[n][0], grids[n][-1]), [float(grid_steps[j])],
+                           [tune.histories[j]], grid_steps[idx])
+        tuned = [n for n in names if not math.isnan(rows[n][0])]
+        if seeds > 1 and tuned and not dry:
+            noisy = [n for n in tuned if n in noise_optimizers and noise_scale_examples and B == ladder[0]]
+            order = noisy + [n for n in tuned if n not in noisy]  # noise-scale trials first
+            trials = [(rows[n][0], s) for n in order for s in range(1, seeds)]
+            variants = [names.index(n) for n in order for _ in range(1, seeds)]
+            noise_trials = [k for k, n in enumerate(order) for s in range(1, seeds) if n in noisy and s == 1]
+            more = vectorized.run_trials(task, bank, trials, stop="all", variants=variants,
+                                         noise_scale_trials=(max(noise_trials) + 1) if noise_trials else 0,
+                                         noise_scale_examples=noise_scale_examples or 256, **kw)
+            more_steps = more.steps_to_target()
+            for k, n in enumerate(order):
+                sl = slice(k * (seeds - 1), (k + 1) * (seeds - 1))
+                rows[n][2].extend(float(v) for v in more_steps[sl])
+                hist = more.histories[sl]
+                if n not in noisy:  # noise trials of other optimizers recorded on the way
+                    hist = [{key: v for key, v in h.items() if key not in _NOISE_KEYS} for h in hist]
+                rows[n][3].extend(hist)
+        seconds = time.perf_counter() - t0
+        payload = {}
+        for n in names:
+            lr, at_edge, seed_steps, histories, gsteps = rows[n]
+            result = BatchResult(B, steps, every, grids[n], [float(v) for v in gsteps], float(lr), bool(at_edge),
+                                 list(range(len(seed_steps))), seed_steps, histories, seconds)
+            per_name[n].append(result)
+            payload[n] = _jsonable(vars(result))
+            if verbose:
+                print(f"{n:>9s} B={B:6d}: tuned lr {lr:.3g}{' (edge)' if at_edge else ''}, steps {seed_steps}")
+        if verbose:
+            print(f"batch {B}: {seconds:.1f} s")
+        if path is not None:
+            _write_json(path, payload)
+    return {n: ScalingResult(n, per_name[n], dict(base, optimizer=configs[n])) for n in names}
+
+
+_NOISE_KEYS = ("noise_scale", "gradient_sq_norm", "trace_covariance")
+
+
+def frequency_baseline(task) -> dict:
+    """The trivial baselines of a task's held-out split, from the training split's label frequencies: the
+    ``accuracy`` of always predicting the most frequent label (token) and the cross-entropy ``loss`` (nats) of
+    predicting the frequency distribution itself -- the best any model can do that ignores its input. For MLM
+    the labels are the masked positions of the evaluation sequences and the frequencies those of the ordinary
+    tokens of the training sequences."""
+    if task.kind == "mlm":
+        train = np.asarray(task.train_inputs).ravel()
+        train = train[train >= 5]
+        size = int(task.vocab_size)
+    else:
+        train = np.asarray(task.train_labels).ravel()
+        size = int(train.max()) + 1
+    labels = np.asarray(task.eval_labels).ravel()
+    labels = labels[labels >= 0]
+    if labels.size == 0 or train.size == 0:
+        raise ValueError("the task has no labelled evaluation examples or no training labels")
+    counts = np.bincount(train, minlength=size).astype(np.float64)
+    p = counts / counts.sum()
+    with np.errstate(divide="ignore"):
+        loss = float(-np.mean(np.log(p[labels])))
+    return {"accuracy": float(np.mean(labels == int(np.argmax(counts)))), "loss": loss}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Published points
 # ---------------------------------------------------------------------------------------------------------------
@@ -549,15 +800,15 @@ def results_of(workload: Mapping) -> dict[str, ScalingResult]:
 def summarize(workload: Mapping, samples: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     r"""Per optimizer: the fit (``s_min``, ``b_crit``, ``bound``), the bootstrap ``interval`` of
     :math:`B_\text{crit}` over seeds and its ``samples``, the ``regions`` of the ladder, the tuned rate's
-    ``lr_exponent``, and the ``violations`` of :func:`steps_never_rise`. An optimizer whose tuned trials
+    ``lr_exponent``, and the ``violations`` and ``inconclusive`` points of :func:`check_steps_never_rise`. An optimizer whose tuned trials
     reached the target at fewer than three batch sizes gets ``fit = None``."""
     out = {}
     for name, r in results_of(workload).items():
         b, med = r.batch_sizes, r.median_steps()
         entry = {"batch_size": b.tolist(), "median_steps": med.tolist(), "tuned_lr": r.tuned_lrs().tolist(),
                  "regions": regions(b, med) if len(b) > 1 else [],
-                 "violations": steps_never_rise(b, [x.seed_steps for x in r.batches],
-                                                [x.eval_every for x in r.batches]),
+                 **check_steps_never_rise(b, [x.seed_steps for x in r.batches], [x.eval_every for x in r.batches],
+                                          [x.steps_budget for x in r.batches]),
                  "at_edge": [x.batch_size for x in r.batches if x.at_edge]}
         try:
             fit = r.fit()
@@ -678,11 +929,23 @@ def plot_learning_rates(workload: Mapping, *, ax=None):
 _REGION_COLORS = {"perfect": "#009E73", "diminishing": "#E69F00", "maximal": "#D55E00", "unknown": "0.85"}
 
 
-def plot_regions(workload: Mapping, summary: Mapping, *, ax=None):
-    """Every optimizer's ladder as a strip of its steps between batch sizes, coloured by the region read off
-    the data (:func:`regions`), with its fitted :math:`B_\\text{crit}` (a bar) and bootstrap interval."""
+def region_legend_handles():
+    """The legend entries of :func:`plot_regions` (for one legend shared by several panels)."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label={"perfect": "perfect scaling", "diminishing": "diminishing returns",
+                                     "maximal": "maximal data parallelism", "unknown": "target not reached"}[k])
+               for k, c in _REGION_COLORS.items()]
+    handles.append(plt.Line2D([], [], color="black", marker="|", markersize=12, label="$B_\\mathrm{crit}$ (95% interval)"))
+    return handles
+
+
+def plot_regions(workload: Mapping, summary: Mapping, *, ax=None, legend: bool = True):
+    """Every optimizer's ladder as a strip of its steps between batch sizes, coloured by the region read off
+    the data (:func:`regions`), with its fitted :math:`B_\\text{crit}` (a bar) and bootstrap interval. With
+    ``legend=False`` the caller draws one legend (:func:`region_legend_handles`), e.g. below a figure."""
+    import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots()[1]
     names = list(summary)
@@ -701,11 +964,10 @@ def plot_regions(workload: Mapping, summary: Mapping, *, ax=None):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size $B$")
     ax.set_title(workload["label"])
-    handles = [Patch(color=c, label={"perfect": "perfect scaling", "diminishing": "diminishing returns",
-                                     "maximal": "maximal data parallelism", "unknown": "target not reached"}[k])
-               for k, c in _REGION_COLORS.items()]
-    handles.append(plt.Line2D([], [], color="black", marker="|", markersize=12, label="$B_\\mathrm{crit}$ (95% interval)"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncols=3)
+    if legend:  # below the axes; the constrained layout makes room for it, so a saved figure never clips it
+        ax.legend(handles=region_legend_handles(), loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3,
+                  fontsize=8)
+        ax.figure.set_layout_engine("constrained")
     ax.grid(False)
     return ax
 

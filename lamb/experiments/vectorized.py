@@ -11,7 +11,10 @@ module trains all trials of one batch size in **one compiled program**:
   fixed-size micro-batches), so one compiled program serves a whole ladder of batch sizes;
 - early stop on the host after each chunk, once every trial has reached ``target`` or diverged
   (``stop="all"``), or once any trial has reached it (``stop="any"``: the first trial to reach the target is
-  the best of the sweep, so a tuning sweep need not train the others further).
+  the best of the sweep, so a tuning sweep need not train the others further);
+- optional *variants*: an integer per trial, traced like the rate, passed to ``make_tx`` as a second argument,
+  so that one program can train several optimizers side by side (:func:`lamb.experiments.scaling.optimizer_bank`);
+  ``stop="any"`` then waits for a trial of every variant.
 
 The optimizer is given as a *factory* of the learning rate, ``make_tx(learning_rate) -> GradientTransformation``,
 called with the schedule :math:`t \mapsto \eta\, s(t)`: the trial's peak rate times the shape :math:`s`
@@ -211,6 +214,8 @@ class VectorizedResult:
     run_seconds: float = 0.0
     #: The final parameters of every trial (a pytree with a leading trial axis; not saved by :meth:`to_json`).
     params: object = field(default=None, repr=False)
+    #: The variant of every trial (``run_trials(variants=...)``), or ``None``.
+    variants: list | None = None
 
     def history(self, learning_rate: float, seed: int) -> dict[str, np.ndarray]:
         for (lr, s), h in zip(self.trials, self.histories):
@@ -254,7 +259,8 @@ class VectorizedResult:
 
         return _jsonable({"trials": [list(t) for t in self.trials], "steps": self.steps,
                           "histories": self.histories, "config": self.config, "stopped_early": self.stopped_early,
-                          "compile_seconds": self.compile_seconds, "run_seconds": self.run_seconds})
+                          "compile_seconds": self.compile_seconds, "run_seconds": self.run_seconds,
+                          "variants": self.variants})
 
     @classmethod
     def from_json(cls, payload: Mapping) -> "VectorizedResult":
@@ -263,7 +269,8 @@ class VectorizedResult:
                    histories=[{k: np.asarray(v, dtype=np.float64) for k, v in h.items()}
                               for h in payload["histories"]],
                    config=dict(payload["config"]), stopped_early=bool(payload["stopped_early"]),
-                   compile_seconds=float(payload["compile_seconds"]), run_seconds=float(payload["run_seconds"]))
+                   compile_seconds=float(payload["compile_seconds"]), run_seconds=float(payload["run_seconds"]),
+                   variants=None if payload.get("variants") is None else [int(v) for v in payload["variants"]])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,8 +322,8 @@ def clear_programs() -> None:
     _PROGRAMS.clear()
 
 
-def _program(task: Task, make_tx, schedule: str, micro_batch: int, noise_examples: int):
-    programs = dict(_chunk_program(task, make_tx, schedule, micro_batch))
+def _program(task: Task, make_tx, schedule: str, micro_batch: int, noise_examples: int, variants: bool = False):
+    programs = dict(_chunk_program(task, make_tx, schedule, micro_batch, variants))
     programs["noise"] = None
     if noise_examples:
         key = ("noise", id(task), noise_examples)
@@ -326,33 +333,34 @@ def _program(task: Task, make_tx, schedule: str, micro_batch: int, noise_example
     return programs
 
 
-def _chunk_program(task: Task, make_tx, schedule: str, micro_batch: int):
+def _chunk_program(task: Task, make_tx, schedule: str, micro_batch: int, variants: bool = False):
     """The jitted ``init``, ``chunk`` (and ``noise``) functions, cached: calls with the same task, optimizer
     factory, schedule and micro-batch reuse one compiled program whatever the batch size (a multiple of the
     micro-batch), the chunk length, the schedule's lengths and the trials' rates and seeds (all traced; only
     the number of trials is a shape)."""
-    key = (id(task), make_tx, schedule, micro_batch)
+    key = (id(task), make_tx, schedule, micro_batch) + (("variants",) if variants else ())
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     model, n_train, micro = task.model, task.num_train, micro_batch
 
-    def tx_for(lr, warmup_steps, decay_steps):
-        return make_tx(lambda count: lr * schedule_shape(schedule, count, warmup_steps, decay_steps))
+    def tx_for(lr, warmup_steps, decay_steps, variant):
+        rate = lambda count: lr * schedule_shape(schedule, count, warmup_steps, decay_steps)  # noqa: E731
+        return make_tx(rate, variant) if variants else make_tx(rate)
 
     def permutation(seed, epoch):
         data_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
         return jax.random.permutation(jax.random.fold_in(data_key, epoch), n_train).astype(jnp.int32)
 
-    def init(seed, lr):
+    def init(seed, lr, variant):
         params = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
         # The batch order of epochs 0 and 1; the chunks shift it at every epoch boundary.
-        return params, tx_for(lr, 1, 2).init(params), (permutation(seed, 0), permutation(seed, 1))
+        return params, tx_for(lr, 1, 2, variant).init(params), (permutation(seed, 0), permutation(seed, 1))
 
-    def chunk(params, opt_state, perms0, lr, seed, start_step, num_steps, accumulation, warmup_steps, decay_steps,
-              train_inputs, train_labels, eval_x, eval_y):
+    def chunk(params, opt_state, perms0, lr, seed, variant, start_step, num_steps, accumulation, warmup_steps,
+              decay_steps, train_inputs, train_labels, eval_x, eval_y):
         """``num_steps`` steps from ``start_step`` of batch ``accumulation * micro``, then an evaluation.
         ``perms0`` holds the batch order of the epoch of the chunk's first example and of the next one."""
-        tx = tx_for(lr, warmup_steps, decay_steps)
+        tx = tx_for(lr, warmup_steps, decay_steps, variant)
         mask_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
         batch_size = accumulation * micro
 
@@ -405,7 +413,7 @@ def _chunk_program(task: Task, make_tx, schedule: str, micro_batch: int):
         return params, opt_state, perms, {"train_loss": loss_total / jnp.maximum(num_steps, 1),
                                    "test_loss": sums["loss"] / count, "test_accuracy": sums["correct"] / count}
 
-    trial_axes = (0, 0, 0, 0, 0) + (None,) * 9
+    trial_axes = (0, 0, 0, 0, 0, 0) + (None,) * 9
     programs = {"init": jax.jit(jax.vmap(init)), "chunk": jax.jit(jax.vmap(chunk, in_axes=trial_axes))}
     _PROGRAMS[key] = programs
     return programs
@@ -470,8 +478,8 @@ def run_trials(task: Task, make_tx: Callable, trials: Sequence[tuple[float, int]
                eval_every: int, schedule: str = "warmup_linear_decay", warmup_steps: int = 0,
                decay_steps: int | None = None, micro_batch: int | None = None, target: float | None = None,
                metric: str | None = None, higher_is_better: bool | None = None, stop: str | None = "all",
-               noise_scale_trials: int = 0, noise_scale_examples: int = 256, verbose: bool = False
-               ) -> VectorizedResult:
+               noise_scale_trials: int = 0, noise_scale_examples: int = 256, verbose: bool = False,
+               variants: Sequence[int] | None = None) -> VectorizedResult:
     """Train the ``trials`` (pairs ``(peak learning rate, seed)``) of ``task`` in one vectorized program.
 
     Args:
@@ -491,11 +499,15 @@ def run_trials(task: Task, make_tx: Callable, trials: Sequence[tuple[float, int]
       target, metric, higher_is_better: the target of the stop rule (``metric`` default ``"test_accuracy"``
         for classification, ``"test_loss"`` for MLM; the direction by the metric's name).
       stop: ``"all"``: stop once every trial has reached the target or diverged (a non-finite loss);
-        ``"any"``: once any trial has reached it (a tuning sweep: the first to reach it is the best);
+        ``"any"``: once any trial has reached it (a tuning sweep: the first to reach it is the best), or with
+        ``variants`` once some trial of every variant has reached it (or every trial of the variant diverged);
         ``None``: train the whole budget. Without a target only the divergence of every trial stops a run.
       noise_scale_trials: for the first this many trials, record ``noise_scale`` (:math:`B_\\text{simple}`),
         ``gradient_sq_norm`` and ``trace_covariance`` at every evaluation, from per-example gradients on a
         fixed sample of ``noise_scale_examples`` training examples.
+      variants: an int >= 0 per trial (default: none). ``make_tx`` is then called as ``make_tx(schedule,
+        variant)`` with the trial's variant as a traced int32 scalar, so trials of different variants (e.g.
+        optimizers, :func:`lamb.experiments.scaling.optimizer_bank`) share one compiled program.
 
     In a dry run (:func:`lamb.profiles.dry_run`) only the first trial trains, for ``DRY_RUN_STEPS`` steps.
     """
@@ -544,21 +556,28 @@ def run_trials(task: Task, make_tx: Callable, trials: Sequence[tuple[float, int]
         noise_n = _check_int("noise_scale_examples", noise_scale_examples, 2)
         if noise_n > task.num_train:
             raise ValueError(f"noise_scale_examples={noise_n} exceeds the {task.num_train} training examples")
+    if variants is not None:
+        variants = [_check_int("variants[i]", v, 0) for v in variants]
+        if len(variants) != len(trials):
+            raise ValueError(f"variants must hold one int per trial ({len(trials)}), got {len(variants)}")
     if profiles.dry_run():
         trials, steps = trials[:1], profiles.DRY_RUN_STEPS
+        variants = None if variants is None else variants[:1]
         eval_every = min(eval_every, steps)
     noise_trials = min(noise_trials, len(trials))
     config = {"task": task.config, "batch_size": batch_size, "micro_batch": micro, "steps": steps,
               "eval_every": eval_every, "schedule": schedule, "warmup_steps": warmup_steps,
               "decay_steps": decay_steps, "target": target, "metric": metric, "higher_is_better": hib, "stop": stop,
               "trials": [list(t) for t in trials], "noise_scale_trials": noise_trials,
-              "noise_scale_examples": noise_n if noise_trials else 0}
+              "noise_scale_examples": noise_n if noise_trials else 0, "variants": variants}
 
-    programs = _program(task, make_tx, schedule, micro, noise_n if noise_trials else 0)
+    programs = _program(task, make_tx, schedule, micro, noise_n if noise_trials else 0, variants is not None)
     t0 = time.perf_counter()
     lrs = jnp.asarray([lr for lr, _ in trials], jnp.float32)
     seeds = jnp.asarray([s for _, s in trials], jnp.uint32)
-    params, opt_state, perms = programs["init"](seeds, lrs)
+    variant_ids = jnp.asarray(variants if variants is not None else [0] * len(trials), jnp.int32)
+    groups = np.asarray(variants if variants is not None else [0] * len(trials))
+    params, opt_state, perms = programs["init"](seeds, lrs, variant_ids)
     eval_x, eval_y = _padded_eval(task)
     train_labels = task.train_labels if task.train_labels is not None else jnp.zeros((), jnp.int32)
     noise_sample = _noise_sample(task, noise_n) if noise_trials else None
@@ -569,8 +588,9 @@ def run_trials(task: Task, make_tx: Callable, trials: Sequence[tuple[float, int]
     start = 0
     while start < steps:
         n = min(eval_every, steps - start)
-        params, opt_state, perms, m = programs["chunk"](params, opt_state, perms, lrs, seeds, jnp.int32(start), jnp.int32(n),
-                                                 *static, task.train_inputs, train_labels, eval_x, eval_y)
+        params, opt_state, perms, m = programs["chunk"](params, opt_state, perms, lrs, seeds, variant_ids,
+                                                        jnp.int32(start), jnp.int32(n), *static, task.train_inputs,
+                                                        train_labels, eval_x, eval_y)
         m = {k: np.asarray(v, np.float64) for k, v in m.items()}
         if start == 0:
             compile_seconds = time.perf_counter() - t0
@@ -587,8 +607,9 @@ def run_trials(task: Task, make_tx: Callable, trials: Sequence[tuple[float, int]
         if verbose:
             print(f"step {start:6d}: " + ", ".join(f"{k} {np.nanmedian(v):.4g}" for k, v in m.items()))
         if start < steps and stop is not None:
+            any_done = all(np.any(reached[groups == g]) or np.all(diverged[groups == g]) for g in np.unique(groups))
             done = (target is not None and ((stop == "all" and np.all(reached | diverged))
-                                            or (stop == "any" and np.any(reached))))
+                                            or (stop == "any" and np.any(reached) and any_done)))
             if done or np.all(diverged):
                 stopped_early = True
                 break
@@ -604,4 +625,4 @@ def run_trials(task: Task, make_tx: Callable, trials: Sequence[tuple[float, int]
         histories.append(h)
     return VectorizedResult(trials=trials, steps=eval_steps, histories=histories, config=config,
                             stopped_early=stopped_early, compile_seconds=compile_seconds,
-                            run_seconds=time.perf_counter() - t0, params=params)
+                            run_seconds=time.perf_counter() - t0, params=params, variants=variants)
