@@ -668,7 +668,7 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
                 per_name[n].append(ScalingResult.from_json({"optimizer": n, "config": base,
                                                             "batches": [payload[n]]}).batches[0])
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         kw = dict(batch_size=B, steps=steps, eval_every=every, warmup_steps=int(warmup_fraction * steps),
                   micro_batch=None if micro_batch is None else min(micro_batch, B), target=float(target),
                   metric=metric)
@@ -718,7 +718,7 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
             if verbose:
                 print(f"{n:>9s} B={B:6d}: tuned lr {lr:.3g}{' (edge)' if at_edge else ''}, steps {seed_steps}")
         if verbose:
-            print(f"batch {B}: {seconds:.1f} s")
+            print(f"batch {B}: {seconds:.1f} s, {time.process_time() - c0:.1f} s CPU time")
         if path is not None:
             _write_json(path, payload)
     return {n: ScalingResult(n, per_name[n], dict(base, optimizer=configs[n])) for n in names}
