@@ -611,7 +611,9 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
     a workload costs two compilations whatever the number of optimizers and batch sizes. The budget, schedule
     and stop rule are :func:`sweep`'s; so is a never-reached trial (``inf``, never a number). Each batch size
     is cached as one JSON file under ``cache_dir``, keyed by everything that defines it. In a dry run one trial
-    trains for two steps per batch size and nothing is cached.
+    trains for two steps at the *smallest* batch size only, and nothing is cached: the program is the same for
+    every batch size of the ladder (a batch is a traced number of micro-batches, and the device memory is set by
+    the micro-batch), so that one run checks every shape the full run compiles.
     """
     import time
 
@@ -656,6 +658,8 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
             "protocol": "bank-1"}
     cache = None if (cache_dir is None or dry) else Path(cache_dir)
     per_name: dict[str, list] = {n: [] for n in names}
+    if dry:
+        ladder = ladder[:1]
     tune_trials = [(lr, 0) for n in names for lr in grids[n]]
     tune_variants = [i for i, n in enumerate(names) for _ in grids[n]]
     for B in ladder:
