@@ -16,12 +16,12 @@ NOTEBOOK = "batch_size_scaling"
 
 
 def plan(settings: Mapping) -> list[Stage]:
-    """One stage per workload and batch size: ``optimizers x (grid_points + seeds - 1)`` trials of the budget
+    """One stage per workload and batch size: ``optimizers x (grid_points + seeds - 1)`` trials (the image
+    workload trains ``optimizers``, the BERT stand-in ``bert_optimizers``) of the budget
     of :func:`lamb.experiments.scaling.budget`, with gradient accumulation over the workload's micro-batch."""
     from lamb.experiments import models, scaling
 
-    optimizers = len(settings["optimizers"])
-    runs = optimizers * (int(settings["grid_points"]) + int(settings["seeds"]) - 1)
+    per_optimizer = int(settings["grid_points"]) + int(settings["seeds"]) - 1
     stages = []
     n = int(settings["image_num_samples"])
     if settings["image_model"] == "resnet":
@@ -36,6 +36,7 @@ def plan(settings: Mapping) -> list[Stage]:
             ("bert", bert, (L,), dict(example_dtype="int32", label_shape=(L,), tokens_per_example=L),
              int(settings["bert_eval_sequences"]))):
         micro = int(settings[f"{prefix}_micro_batch"])
+        runs = per_optimizer * len(settings["bert_optimizers" if prefix == "bert" else "optimizers"])
         for b in settings[f"{prefix}_batch_sizes"]:
             b = int(b)
             steps, every = scaling.budget(b, examples=int(settings[f"{prefix}_examples"]),
