@@ -942,6 +942,8 @@ def region_legend_handles():
                                      "maximal": "maximal data parallelism", "unknown": "target not reached"}[k])
                for k, c in _REGION_COLORS.items()]
     handles.append(plt.Line2D([], [], color="black", marker="|", markersize=12, label="$B_\\mathrm{crit}$ (95% interval)"))
+    handles.append(plt.Line2D([], [], color="black", marker=">", linestyle="none",
+                              label="$B_\\mathrm{crit}$ beyond the ladder (a bound)"))
     return handles
 
 
@@ -953,19 +955,26 @@ def plot_regions(workload: Mapping, summary: Mapping, *, ax=None, legend: bool =
 
     ax = ax or plt.subplots()[1]
     names = list(summary)
+    ladder = []
     for row, name in enumerate(names):
         s = summary[name]
         b = np.asarray(s["batch_size"])
         for k, region in enumerate(s["regions"]):
             ax.barh(row, b[k + 1] - b[k], left=b[k], height=0.6, color=_REGION_COLORS[region], edgecolor="white")
         fit = s.get("fit")
-        if fit is not None:
+        if fit is not None and fit.bound is not None:  # only a bound: an arrow at that end of the ladder
+            ax.plot([b[-1] if fit.bound == "above" else b[0]], [row], marker=">" if fit.bound == "above" else "<",
+                    markersize=10, color="black")
+        elif fit is not None:
             lo, hi = s["interval"]
             if np.isfinite(lo):
                 ax.plot([lo, hi], [row, row], color="black", linewidth=1.2)
             ax.plot([fit.b_crit], [row], marker="|", markersize=16, color="black")
+        ladder.extend(b.tolist())
     ax.set_yticks(range(len(names)), [OPTIMIZER_LABELS.get(n, n) for n in names])
     ax.set_xscale("log", base=2)
+    if ladder:  # the ladder's range; an interval reaching beyond it is cut at the frame
+        ax.set_xlim(min(ladder) / 1.25, max(ladder) * 1.25)
     ax.set_xlabel("batch size $B$")
     ax.set_title(workload["label"])
     if legend:  # below the axes; the constrained layout makes room for it, so a saved figure never clips it
