@@ -126,19 +126,9 @@ def trial_bank(trials: Sequence[tuple[str, float, float]], shape: Callable | Non
     def make_tx(value_fn) -> optax.GradientTransformation:
         row = jnp.clip(jnp.round(value_fn(0)).astype(jnp.int32) - 1, 0, len(trials) - 1)
         k, lr, wd = which[row], lrs[row], wds[row]
-        txs = [OPTIMIZERS[n](lambda count: lr * shape(count), wd) for n in names]
+        from lamb.experiments.scaling import switch_transformation
 
-        def init(params):
-            return tuple(t.init(params) for t in txs)
-
-        def update(grads, state, params=None):
-            outs = [t.update(grads, s, params) for t, s in zip(txs, state)]
-            chosen = outs[0][0]
-            for j, (u, _) in enumerate(outs[1:], 1):
-                chosen = jax.tree.map(lambda a, b, j=j: jnp.where(k == j, b, a), chosen, u)
-            return chosen, tuple(s for _, s in outs)
-
-        return optax.GradientTransformation(init, update)
+        return switch_transformation([OPTIMIZERS[n](lambda count: lr * shape(count), wd) for n in names], k)
 
     make_tx.trials = trials
     return make_tx

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OPTIMIZERS", "optimizer", "optimizer_bank", "sweep_bank", "check_steps_never_rise",
+__all__ = ["OPTIMIZERS", "optimizer", "optimizer_bank", "switch_transformation", "sweep_bank", "check_steps_never_rise",
            "frequency_baseline", "decay_mask", "choose_trial", "seed_summary", "fit_critical_batch",
            "CriticalBatchFit", "bootstrap_critical_batch", "percentile_interval", "regions",
            "learning_rate_exponent", "steps_never_rise", "budget", "sweep", "BatchResult", "ScalingResult",
@@ -121,6 +121,29 @@ def optimizer(name: str, *, weight_decay: float, momentum: float = 0.9, b1: floa
 _BANKS: dict = {}
 
 
+def switch_transformation(txs, index):
+    """An ``optax.GradientTransformation`` that keeps the state of every transformation of ``txs`` and applies
+    the update of ``txs[index]`` (``index`` may be traced: under ``jax.vmap`` every update is computed and the
+    trial's own is selected)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    txs = list(txs)
+
+    def init(params):
+        return tuple(t.init(params) for t in txs)
+
+    def update(grads, state, params=None):
+        outs = [t.update(grads, s, params) for t, s in zip(txs, state)]
+        chosen = outs[0][0]
+        for j, (u, _) in enumerate(outs[1:], 1):
+            chosen = jax.tree.map(lambda a, b, j=j: jnp.where(index == j, b, a), chosen, u)
+        return chosen, tuple(s for _, s in outs)
+
+    return optax.GradientTransformation(init, update)
+
+
 def optimizer_bank(factories: Sequence[Callable]) -> Callable:
     """One factory ``make_tx(learning_rate, variant)`` for ``run_trials(variants=...)`` that trains trial
     ``variant`` with ``factories[variant]`` (each a ``make_tx(learning_rate)``, e.g. from :func:`optimizer`).
@@ -130,10 +153,6 @@ def optimizer_bank(factories: Sequence[Callable]) -> Callable:
     of them are computed -- a few elementwise passes over the parameters, small beside the forward and
     backward passes -- so that every optimizer x rate x seed of a batch size trains in one compiled program.
     The same factories return the same function object (one compiled program per bank)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     factories = tuple(factories)
     if not factories or not all(callable(f) for f in factories):
         raise ValueError(f"factories must be a non-empty sequence of make_tx(learning_rate) functions, got "
@@ -142,19 +161,7 @@ def optimizer_bank(factories: Sequence[Callable]) -> Callable:
         return _BANKS[factories]
 
     def make_tx(learning_rate, variant):
-        txs = [f(learning_rate) for f in factories]
-
-        def init(params):
-            return tuple(t.init(params) for t in txs)
-
-        def update(grads, state, params=None):
-            outs = [t.update(grads, s, params) for t, s in zip(txs, state)]
-            chosen = outs[0][0]
-            for j, (u, _) in enumerate(outs[1:], 1):
-                chosen = jax.tree.map(lambda a, b, j=j: jnp.where(variant == j, b, a), chosen, u)
-            return chosen, tuple(s for _, s in outs)
-
-        return optax.GradientTransformation(init, update)
+        return switch_transformation([f(learning_rate) for f in factories], variant)
 
     make_tx.factories = factories
     make_tx.config = {"bank": [getattr(f, "config", repr(f)) for f in factories]}
@@ -490,6 +497,21 @@ def _read_cache(path: Path):
         return None
 
 
+def _check_protocol(task, batch_sizes, seeds, warmup_fraction, metric):
+    """The ladder (increasing positive ints), the metric (default by the task's kind) and its direction."""
+    from lamb.experiments import metrics as _metrics
+
+    ladder = [int(b) for b in batch_sizes]
+    if not ladder or any(b < 1 for b in ladder) or ladder != sorted(set(ladder)):
+        raise ValueError(f"batch_sizes must be increasing positive ints, got {list(batch_sizes)!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int, got {seeds!r}")
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
+    metric = metric or ("test_loss" if task.kind == "mlm" else "test_accuracy")
+    return ladder, metric, _metrics._higher_is_better(metric, None)
+
+
 def sweep(task, make_tx: Callable, grid: Sequence[float], batch_sizes: Sequence[int], *, target: float,
           metric: str | None = None, seeds: int = 3, examples: int, min_steps: int, evaluations: int = 40,
           max_steps: int | None = None, warmup_fraction: float = 0.05, micro_batch: int | None = None,
@@ -513,22 +535,13 @@ def sweep(task, make_tx: Callable, grid: Sequence[float], batch_sizes: Sequence[
     import time
 
     from lamb import profiles
-    from lamb.experiments import metrics as _metrics
     from lamb.experiments import vectorized
     from lamb.experiments.train import _jsonable, config_hash
 
     grid = sorted(float(v) for v in grid)
     if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
         raise ValueError(f"grid must hold positive learning rates, got {grid!r}")
-    ladder = [int(b) for b in batch_sizes]
-    if not ladder or any(b < 1 for b in ladder) or ladder != sorted(set(ladder)):
-        raise ValueError(f"batch_sizes must be increasing positive ints, got {list(batch_sizes)!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive int, got {seeds!r}")
-    if not 0 <= warmup_fraction < 1:
-        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
-    metric = metric or ("test_loss" if task.kind == "mlm" else "test_accuracy")
-    hib = _metrics._higher_is_better(metric, None)
+    ladder, metric, hib = _check_protocol(task, batch_sizes, seeds, warmup_fraction, metric)
     dry = profiles.dry_run()
     opt_config = getattr(make_tx, "config", {"optimizer": name or repr(make_tx)})
     name = name or opt_config.get("optimizer", "optimizer")
@@ -618,7 +631,6 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
     import time
 
     from lamb import profiles
-    from lamb.experiments import metrics as _metrics
     from lamb.experiments import vectorized
     from lamb.experiments.train import _jsonable, config_hash
 
@@ -639,15 +651,7 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
     unknown = [n for n in noise_optimizers if n not in names]
     if unknown:
         raise ValueError(f"noise_optimizers {unknown} are not among the optimizers {names}")
-    ladder = [int(b) for b in batch_sizes]
-    if not ladder or any(b < 1 for b in ladder) or ladder != sorted(set(ladder)):
-        raise ValueError(f"batch_sizes must be increasing positive ints, got {list(batch_sizes)!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive int, got {seeds!r}")
-    if not 0 <= warmup_fraction < 1:
-        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
-    metric = metric or ("test_loss" if task.kind == "mlm" else "test_accuracy")
-    hib = _metrics._higher_is_better(metric, None)
+    ladder, metric, hib = _check_protocol(task, batch_sizes, seeds, warmup_fraction, metric)
     dry = profiles.dry_run()
     bank = optimizer_bank([optimizers[n] for n in names])
     configs = {n: getattr(optimizers[n], "config", {"optimizer": n}) for n in names}
