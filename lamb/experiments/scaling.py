@@ -624,9 +624,10 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
     a workload costs two compilations whatever the number of optimizers and batch sizes. The budget, schedule
     and stop rule are :func:`sweep`'s; so is a never-reached trial (``inf``, never a number). Each batch size
     is cached as one JSON file under ``cache_dir``, keyed by everything that defines it. In a dry run one trial
-    trains for two steps at the *smallest* batch size only, and nothing is cached: the program is the same for
-    every batch size of the ladder (a batch is a traced number of micro-batches, and the device memory is set by
-    the micro-batch), so that one run checks every shape the full run compiles.
+    trains for two steps at the *smallest* batch size only, with the first optimizer only, and nothing is
+    cached: the program is the same for every batch size of the ladder (a batch is a traced number of
+    micro-batches, and the device memory is set by the micro-batch), so that one run checks every shape the full
+    run compiles.
     """
     import time
 
@@ -653,6 +654,8 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
         raise ValueError(f"noise_optimizers {unknown} are not among the optimizers {names}")
     ladder, metric, hib = _check_protocol(task, batch_sizes, seeds, warmup_fraction, metric)
     dry = profiles.dry_run()
+    if dry:  # one program checks every shape; the bank's other optimizers only add elementwise passes
+        ladder, names = ladder[:1], names[:1]
     bank = optimizer_bank([optimizers[n] for n in names])
     configs = {n: getattr(optimizers[n], "config", {"optimizer": n}) for n in names}
     base = {"task": task.config, "optimizers": configs, "grids": grids, "target": float(target), "metric": metric,
@@ -662,8 +665,6 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
             "protocol": "bank-1"}
     cache = None if (cache_dir is None or dry) else Path(cache_dir)
     per_name: dict[str, list] = {n: [] for n in names}
-    if dry:
-        ladder = ladder[:1]
     tune_trials = [(lr, 0) for n in names for lr in grids[n]]
     tune_variants = [i for i, n in enumerate(names) for _ in grids[n]]
     for B in ladder:
@@ -921,6 +922,10 @@ def plot_learning_rates(workload: Mapping, *, ax=None):
                     linestyle="none", color=st["color"])
         b_all.extend(b)
     b = np.array(sorted(set(b_all)))
+    if not b.size:  # no tuned rate reached the target anywhere (e.g. a dry run): nothing to draw on log axes
+        ax.text(0.5, 0.5, "no tuned rate reached the target", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(workload["label"])
+        return ax
     if b.size:
         ax.plot(b, b / b[0], color="0.3", linestyle="--", linewidth=1.0, label="linear rule")
         ax.plot(b, np.sqrt(b / b[0]), color="0.3", linestyle=":", linewidth=1.0, label="square-root rule")
