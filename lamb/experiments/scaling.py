@@ -497,6 +497,16 @@ def _read_cache(path: Path):
         return None
 
 
+def _batch_budget_and_cache(cache, prefix, base, B, examples, min_steps, evaluations, max_steps):
+    """``(steps, eval_every, cache path, cached payload or None)`` of one batch size of a sweep."""
+    from lamb.experiments.train import config_hash
+
+    steps, every = budget(B, examples=examples, min_steps=min_steps, evaluations=evaluations, max_steps=max_steps)
+    path = None if cache is None else cache / f"{prefix}-{B}-{config_hash(dict(base, batch_size=B))}.json"
+    payload = _read_cache(path) if path is not None and path.exists() else None
+    return steps, every, path, payload
+
+
 def _check_protocol(task, batch_sizes, seeds, warmup_fraction, metric):
     """The ladder (increasing positive ints), the metric (default by the task's kind) and its direction."""
     from lamb.experiments import metrics as _metrics
@@ -536,7 +546,7 @@ def sweep(task, make_tx: Callable, grid: Sequence[float], batch_sizes: Sequence[
 
     from lamb import profiles
     from lamb.experiments import vectorized
-    from lamb.experiments.train import _jsonable, config_hash
+    from lamb.experiments.train import _jsonable
 
     grid = sorted(float(v) for v in grid)
     if not grid or any(not (math.isfinite(v) and v > 0) for v in grid):
@@ -552,11 +562,9 @@ def sweep(task, make_tx: Callable, grid: Sequence[float], batch_sizes: Sequence[
     cache = None if (cache_dir is None or dry) else Path(cache_dir)
     results = []
     for B in ladder:
-        steps, every = budget(B, examples=examples, min_steps=min_steps, evaluations=evaluations,
-                              max_steps=max_steps)
-        config = dict(base, batch_size=B)
-        path = None if cache is None else cache / f"{name}-{B}-{config_hash(config)}.json"
-        if path is not None and path.exists() and (payload := _read_cache(path)) is not None:
+        steps, every, path, payload = _batch_budget_and_cache(cache, name, base, B, examples, min_steps,
+                                                              evaluations, max_steps)
+        if payload is not None:
             results.append(ScalingResult.from_json({"optimizer": name, "config": base,
                                                     "batches": [payload]}).batches[0])
             continue
@@ -633,7 +641,7 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
 
     from lamb import profiles
     from lamb.experiments import vectorized
-    from lamb.experiments.train import _jsonable, config_hash
+    from lamb.experiments.train import _jsonable
 
     names = list(optimizers)
     if not names:
@@ -668,11 +676,9 @@ def sweep_bank(task, optimizers: Mapping[str, Callable], grid_points: int, grid_
     tune_trials = [(lr, 0) for n in names for lr in grids[n]]
     tune_variants = [i for i, n in enumerate(names) for _ in grids[n]]
     for B in ladder:
-        steps, every = budget(B, examples=examples, min_steps=min_steps, evaluations=evaluations,
-                              max_steps=max_steps)
-        config = dict(base, batch_size=B)
-        path = None if cache is None else cache / f"bank-{B}-{config_hash(config)}.json"
-        if path is not None and path.exists() and (payload := _read_cache(path)) is not None:
+        steps, every, path, payload = _batch_budget_and_cache(cache, "bank", base, B, examples, min_steps,
+                                                              evaluations, max_steps)
+        if payload is not None:
             for n in names:
                 per_name[n].append(ScalingResult.from_json({"optimizer": n, "config": base,
                                                             "batches": [payload[n]]}).batches[0])
