@@ -979,12 +979,12 @@ def plot_regions(workload: Mapping, summary: Mapping, *, ax=None, legend: bool =
         fit = s.get("fit")
         if fit is not None and fit.bound is not None:  # only a bound: an arrow at that end of the ladder
             ax.plot([b[-1] if fit.bound == "above" else b[0]], [row], marker=">" if fit.bound == "above" else "<",
-                    markersize=10, color="black")
+                    markersize=10, color="black", linestyle="none")
         elif fit is not None:
             lo, hi = s["interval"]
             if np.isfinite(lo):
-                ax.plot([lo, hi], [row, row], color="black", linewidth=1.2)
-            ax.plot([fit.b_crit], [row], marker="|", markersize=16, color="black")
+                ax.plot([lo, hi], [row, row], color="black", linestyle="-", linewidth=1.2)
+            ax.plot([fit.b_crit], [row], marker="|", markersize=16, color="black", linestyle="none")
         ladder.extend(b.tolist())
     ax.set_yticks(range(len(names)), [OPTIMIZER_LABELS.get(n, n) for n in names])
     ax.set_xscale("log", base=2)
