@@ -72,3 +72,40 @@ def test_trial_bank_in_the_vectorized_runner():
     losses = [h["train_loss"] for h in r.histories]
     assert all(np.all(np.isfinite(v)) for v in losses)
     assert not np.allclose(losses[0], losses[1])  # the rows train with different optimizers
+
+
+def _fake_bank():
+    rows = [["Adam", 0.001, 0.0], ["Adam", 0.01, 0.0], ["LAMB", 0.01, 0.01]]
+    trials = [[r, s] for r in range(3) for s in (0, 1)]
+    final = {0: [0.5, 0.6], 1: [0.7, float("nan")], 2: [0.8, 0.82]}  # row 1's seed 1 diverged
+    hist = [{"val_loss": [1.0, 0.5 if np.isfinite(final[r][s]) else float("nan")],
+             "val_accuracy": [0.1, final[r][s]], "train_loss": [1.0, 0.5]} for r, s in trials]
+    return {"rows": rows, "trials": trials, "histories": hist, "epoch": [0.5, 1.0], "batch_size": 8,
+            "test_accuracy": [final[r][s] for r, s in trials]}
+
+
+def test_tuned_counts_a_diverged_seed_as_zero():
+    best = lbr.tuned(_fake_bank())
+    # row 1 has the best surviving seed (0.7) but a diverged one: mean 0.35 < row 0's 0.55
+    assert best["Adam"]["learning_rate"] == 0.001 and best["Adam"]["diverged"] == 0
+    assert best["LAMB"]["val_accuracy"] == [0.8, 0.82]
+    table = lbr.trial_table(_fake_bank())
+    assert sum(t["diverged"] for t in table) == 1 and np.isnan(table[3]["val_accuracy"])
+
+
+def test_seed_noise_test():
+    t = lbr.seed_noise_test([0.80, 0.81, 0.79], [0.50, 0.51, 0.49])
+    assert t["difference"] == pytest.approx(0.30) and t["p"] < 0.01
+    assert np.isnan(lbr.seed_noise_test([0.8], [0.5])["p"])  # one seed: no test
+    assert lbr.seed_noise_test([0.8, 0.7], [0.8, 0.7])["p"] == pytest.approx(1.0)
+
+
+def test_validation_split_keeps_the_test_split():
+    from lamb.experiments import data
+
+    ds = data.load_digits()
+    tuning, (x_test, y_test) = lbr.validation_split(ds, 100)
+    assert len(tuning.y_test) == 100 and len(tuning.y_train) == len(ds.y_train) - 100
+    assert x_test is ds.x_test and y_test is ds.y_test
+    with pytest.raises(ValueError, match="validation_examples"):
+        lbr.validation_split(ds, len(ds.y_train))

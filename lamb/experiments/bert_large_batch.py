@@ -119,15 +119,16 @@ def _continue_from(tx, state):
 def mixed_precision(model, compute_dtype=jnp.bfloat16):
     """``model`` computing in ``compute_dtype`` (bf16 on GPU/TPU) from float32 parameters: the parameters are
     cast on the way in and the logits back to float32 for the loss, so gradients, parameters and the
-    optimizer's moments stay float32 (the master-weights scheme of mixed-precision training)."""
+    optimizer's moments stay float32 (the master-weights scheme of mixed-precision training). Floating inputs
+    (images, signals: the ResNet) are cast to ``compute_dtype`` as well."""
     from lamb.experiments.models import Model
 
     def cast(params):
         return jax.tree.map(lambda p: p.astype(compute_dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
                             params)
 
-    def apply(params, inputs):
-        return model.apply(cast(params), inputs).astype(jnp.float32)
+    def apply(params, inputs):  # floating inputs (images, signals) are cast too; token ids stay integers
+        return model.apply(cast(params), cast(inputs)).astype(jnp.float32)
 
     apply_masked = None
     if model.apply_masked is not None:
