@@ -170,6 +170,9 @@ def _adam_parts(b1, b2, eps, eps_root, mu_dtype, bias_correction):
             c1, c2 = _hyperparameters(runtime, one_minus_power(b1, t), one_minus_power(b2, t))
             mu_hat = jax.tree.map(lambda m: m / c1.astype(m.dtype), mu)    # m_t / (1 - beta1^t)
             nu_hat = jax.tree.map(lambda v: v / c2.astype(v.dtype), nu)    # v_t / (1 - beta2^t)
+        elif runtime:       # v / 1 (exact): a sqrt(v_t) shared by both computations of u would be stored
+            (one,) = _hyperparameters(True, 1.0)
+            mu_hat, nu_hat = mu, jax.tree.map(lambda v: v / one.astype(v.dtype), nu)
         else:
             mu_hat, nu_hat = mu, nu
         if eps_root == 0:   # as a literal 0 the addition folds away; as a run-time scalar it would not
@@ -326,7 +329,11 @@ def _nesterov_adam_parts(b1, b2, eps, nesterov, momentum_decay, bias_correction,
             m_hat = a_m.astype(m.dtype) * m + a_g.astype(m.dtype) * g      # Dozat's look-ahead m_hat
             v_hat = b_v.astype(v.dtype) * v
             if nesterov == "nn":                                            # NN-LAMB: look-ahead v_hat
-                v_hat = v_hat + b_g.astype(v.dtype) * jnp.square(g.astype(v.dtype))
+                g_v = g.astype(v.dtype)
+                if runtime:   # (b g) g, not b g^2: a g^2 shared with v_t's update would be stored
+                    v_hat = v_hat + (b_g.astype(v.dtype) * g_v) * g_v
+                else:
+                    v_hat = v_hat + b_g.astype(v.dtype) * jnp.square(g_v)
             return m_hat / (jnp.sqrt(v_hat) + k_eps)                        # r_t
 
         return jax.tree.map(one, updates, mu, nu)
