@@ -102,8 +102,8 @@ def lamb(
     and has exactly that chain's state. Its ``update`` runs the chain in two passes over each layer: the
     norms first (with :math:`u_t` recomputed inside the reduction), then the step (with :math:`u_t`
     recomputed where it is applied), so that :math:`u_t` is never stored as an array; on XLA:CPU a stored
-    :math:`u_t` is a fresh temporary of every layer's size at every step, and took LAMB from about 1.4x to
-    2.5-4x ``optax.adamw``'s step time (``benchmarks/step_time_jax.py``). The result is the same.
+    :math:`u_t` is a fresh temporary of every layer's size at every step (``benchmarks/README.md`` has the
+    step times). The result is the same.
 
     ``nesterov="n"|"nn"`` replaces :math:`\hat m_t, \hat v_t` by the look-ahead estimators of N-LAMB and
     NN-LAMB (:func:`lamb.jax.scale_by_nesterov_adam`). This is :func:`lamb.reference.lamb` (``nlamb``,
