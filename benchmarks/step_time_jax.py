@@ -20,6 +20,7 @@ variants at most 1.15x.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -63,6 +64,9 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each optimizer once per round)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per optimizer and round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per optimizer and round")
+    parser.add_argument("--alternate", action="store_true",
+                        help="keep every chosen optimizer's state alive and step them in turn, one step each "
+                             "(steadier ratios on a shared machine; memory: every state at once, so use --only)")
     parser.add_argument("--only", nargs="*", default=None, help="run the optimizers whose names start so")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="keep glibc's default mmap threshold (see _common.MALLOC_ENV)")
@@ -88,7 +92,28 @@ def main(argv=None) -> None:
     # Rounds interleave the optimizers, so that a slow spell of a shared machine hits all of them alike. Each
     # round starts from fresh parameters and state (one optimizer's buffers live at a time); the jitted step
     # is compiled once, in the first round, and that first call is not timed.
-    for _ in range(args.rounds):
+    cpu_times: dict[str, list[float]] = {name: [] for name, _ in chosen}
+    if args.alternate:
+        # Every optimizer's parameters and state stay alive; each step goes to the next optimizer in turn, so a
+        # slow spell of the machine hits all of them alike. The process CPU time of each step is kept too.
+        live = {}
+        for name, tx in chosen:
+            params = [jnp.asarray(p) for p in params0]
+            state = tx.init(params)
+            t0 = time.perf_counter()
+            live[name] = steps[name](params, state, grads)
+            jax.block_until_ready(live[name])
+            compile_s[name] = time.perf_counter() - t0
+        for k in range(args.rounds * (args.warmup + args.steps)):
+            for name, _ in chosen:
+                t0, c0 = time.perf_counter(), time.process_time()
+                live[name] = steps[name](*live[name], grads)
+                jax.block_until_ready(live[name])
+                if k >= args.rounds * args.warmup:
+                    times[name].append(time.perf_counter() - t0)
+                    cpu_times[name].append(time.process_time() - c0)
+        del live
+    for _ in range(0 if args.alternate else args.rounds):
         for name, tx in chosen:
             params = [jnp.asarray(p) for p in params0]
             state = tx.init(params)
@@ -107,12 +132,25 @@ def main(argv=None) -> None:
     base_lamb, base_adamw = medians.get("optax.lamb"), medians.get("optax.adamw")
     print(f"\nmedian of {args.rounds} rounds x {args.steps} steps (after {args.warmup} warm-up step(s) per round; "
           f"the first call, which compiles, is not timed)\n")
-    print(f"| {'optimizer':<30} | {'ms/step':>8} | {'x optax.lamb':>12} | {'x optax.adamw':>13} | {'1st call s':>10} |")
-    print(f"|{'-' * 32}|{'-' * 9}:|{'-' * 13}:|{'-' * 14}:|{'-' * 11}:|")
+    # With --alternate, the process CPU time per step (all threads; steadier than the wall clock on a shared
+    # machine) and its ratio to optax.adamw's are two more columns.
+    cpu = {name: statistics.median(ts) for name, ts in cpu_times.items() if ts}
+    if cpu:
+        print(f"load average {os.getloadavg()[0]:.1f}\n")
+    extra_head = f" {'CPU ms':>8} | {'CPU x adamw':>11} |" if cpu else ""
+    extra_rule = f"{'-' * 9}:|{'-' * 12}:|" if cpu else ""
+    print(f"| {'optimizer':<30} | {'ms/step':>8} | {'x optax.lamb':>12} | {'x optax.adamw':>13} | {'1st call s':>10} |"
+          + extra_head)
+    print(f"|{'-' * 32}|{'-' * 9}:|{'-' * 13}:|{'-' * 14}:|{'-' * 11}:|" + extra_rule)
     for name, m in medians.items():
         lamb_ratio = f"{m / base_lamb:.3f}" if base_lamb else "-"
         adamw_ratio = f"{m / base_adamw:.3f}" if base_adamw else "-"
-        print(f"| {name:<30} | {m * 1e3:8.1f} | {lamb_ratio:>12} | {adamw_ratio:>13} | {compile_s[name]:10.1f} |")
+        extra = ""
+        if cpu:
+            cpu_ratio = f"{cpu[name] / cpu['optax.adamw']:.3f}" if "optax.adamw" in cpu else "-"
+            extra = f" {cpu[name] * 1e3:8.1f} | {cpu_ratio:>11} |"
+        print(f"| {name:<30} | {m * 1e3:8.1f} | {lamb_ratio:>12} | {adamw_ratio:>13} | {compile_s[name]:10.1f} |"
+              + extra)
 
 
 if __name__ == "__main__":

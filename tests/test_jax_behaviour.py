@@ -224,3 +224,29 @@ def test_complex_updates_for_real_parameters_are_rejected():
     state = tx.init(params)
     with pytest.raises(TypeError, match=r"does not support complex .*complex64"):
         tx.update({"w": jnp.ones((2, 3), jnp.complex64)}, state, params)
+
+
+def test_lamb_step_stores_no_update_array():
+    """The compiled LAMB step writes the moments and the weights and no array of the layer's size besides
+    (the update u is recomputed, not stored: a stored u is a fresh temporary per step on XLA:CPU)."""
+    import optax
+
+    from lamb import jax as lj
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks XLA:CPU's compiled program")
+    shape = (64, 128)
+    params = [jnp.zeros(shape, jnp.float32)]
+    for options in ({}, {"nesterov": "nn"}, {"norm": "linf", "bias_correction": False}):
+        tx = lj.lamb(1e-3, **options)
+        state = tx.init(params)
+
+        def step(p, s, g):
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        text = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile().as_text()
+        entry = text.split("ENTRY", 1)[1]
+        layer_sized = [line for line in entry.splitlines()
+                       if "= f32[64,128]" in line and "parameter(" not in line]
+        assert len(layer_sized) == 3, (options, layer_sized)   # m_t, v_t and x_{t+1}

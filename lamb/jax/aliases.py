@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Union
 
+import jax
 import optax
 
 from . import _checks
-from .transforms import (scale_by_adam, scale_by_ema_momentum, scale_by_nesterov_adam,
-                         scale_by_trust_ratio)
+from .transforms import (_adam_parts, _add_decayed_weights, _nesterov_adam_parts,
+                         _scale_by_recorded_trust_ratio, scale_by_adam, scale_by_ema_momentum,
+                         scale_by_nesterov_adam, scale_by_trust_ratio)
 
 __all__ = ["lamb", "lars"]
 
@@ -19,6 +21,46 @@ def _layer_adaptation(norm, trust_clip, layer_adaptation_mask) -> optax.Gradient
     """The trust ratio, applied only to the layers where ``layer_adaptation_mask`` is True (all for None)."""
     tx = scale_by_trust_ratio(norm=norm, trust_clip=trust_clip)
     return tx if layer_adaptation_mask is None else optax.masked(tx, layer_adaptation_mask)
+
+
+def _two_pass_trust_ratio(moments, weight_decay, mask, norm, trust_clip, layer_adaptation_mask,
+                          learning_rate) -> optax.GradientTransformationExtraArgs:
+    """LAMB's update in two passes over each layer, so that the update u is never stored.
+
+    The state and the arithmetic are those of the chain in :func:`lamb`'s docstring (its ``init`` is this
+    ``init``). A trust ratio needs the norm of the whole update u before any of it is applied; computed once
+    and used twice, u would be a temporary array of each layer's size (XLA does not duplicate its square
+    root and division into both uses), and XLA:CPU allocates and page-faults such a temporary at every step.
+    So after the moments, u is computed twice from them: once inside the norm reductions, with its scalars at
+    run time (``transforms._hyperparameters``) so that XLA fuses u and the reduction into one pass that writes
+    nothing; and once where it is applied, scaled by the ratios of the first.
+    """
+    init_moments, advance, direction = moments
+
+    def adaptation(tx):
+        return tx if layer_adaptation_mask is None else optax.masked(tx, layer_adaptation_mask)
+
+    decay = _add_decayed_weights(weight_decay, mask, runtime_hyperparameters=False)
+    decay_runtime = _add_decayed_weights(weight_decay, mask, runtime_hyperparameters=True)
+    trust, apply_trust = (adaptation(scale_by_trust_ratio(norm=norm, trust_clip=trust_clip)),
+                          adaptation(_scale_by_recorded_trust_ratio()))
+    scale = optax.scale_by_learning_rate(learning_rate)
+    chain = optax.chain(optax.GradientTransformation(init_moments, None), decay, trust, scale)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        moments_state, decay_state, trust_state, scale_state = state
+        mu, nu, moments_state = advance(updates, moments_state)
+        # Pass 1: the trust ratios, from u_t = r_t + lambda x_t recomputed with run-time scalars.
+        u, _ = decay_runtime.update(direction(updates, mu, nu, moments_state, True), decay_state, params)
+        _, trust_state = trust.update(u, trust_state, params)
+        # Pass 2: the step, u_t recomputed and scaled by those ratios.
+        u, decay_state = decay.update(direction(updates, mu, nu, moments_state, False), decay_state, params)
+        u, trust_state = apply_trust.update(u, trust_state, params)
+        u, scale_state = scale.update(u, scale_state, params)
+        return u, (moments_state, decay_state, trust_state, scale_state)
+
+    return optax.GradientTransformationExtraArgs(chain.init, update_fn)
 
 
 def lamb(
@@ -56,6 +98,12 @@ def lamb(
             optax.masked(scale_by_trust_ratio(norm, trust_clip), layer_adaptation_mask),
             optax.scale_by_learning_rate(learning_rate),        # -eta_t
         )
+
+    and has exactly that chain's state. Its ``update`` runs the chain in two passes over each layer: the
+    norms first (with :math:`u_t` recomputed inside the reduction), then the step (with :math:`u_t`
+    recomputed where it is applied), so that :math:`u_t` is never stored as an array; on XLA:CPU a stored
+    :math:`u_t` is a fresh temporary of every layer's size at every step (``benchmarks/README.md`` has the
+    step times). The result is the same.
 
     ``nesterov="n"|"nn"`` replaces :math:`\hat m_t, \hat v_t` by the look-ahead estimators of N-LAMB and
     NN-LAMB (:func:`lamb.jax.scale_by_nesterov_adam`). This is :func:`lamb.reference.lamb` (``nlamb``,
@@ -122,16 +170,19 @@ def lamb(
     _checks.check_mask("mask", mask)
     _checks.check_mask("layer_adaptation_mask", layer_adaptation_mask)
     if nesterov is None:
-        moments = scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, bias_correction=bias_correction)
+        scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, bias_correction=bias_correction)  # validates
     else:
-        moments = scale_by_nesterov_adam(b1=b1, b2=b2, eps=eps, nesterov=nesterov, momentum_decay=momentum_decay,
-                                         bias_correction=bias_correction, mu_dtype=mu_dtype)
-    return optax.chain(
-        moments,                                                            # r_t
-        optax.add_decayed_weights(weight_decay, mask),                      # u_t = r_t + lambda x_t
-        _layer_adaptation(norm, trust_clip, layer_adaptation_mask),         # phi(||x||) / ||u|| * u
-        optax.scale_by_learning_rate(learning_rate),                        # -eta_t
-    )
+        scale_by_nesterov_adam(b1=b1, b2=b2, eps=eps, nesterov=nesterov, momentum_decay=momentum_decay,
+                               bias_correction=bias_correction, mu_dtype=mu_dtype)
+    scale_by_trust_ratio(norm=norm, trust_clip=trust_clip)                                        # validates
+    if nesterov is None:
+        moments = _adam_parts(b1, b2, eps, 0.0, mu_dtype, bias_correction)
+    else:
+        moments = _nesterov_adam_parts(b1, b2, eps, nesterov, momentum_decay, bias_correction, mu_dtype)
+    # The chain above, run as two passes over each layer (the norms, then the step) so that u_t is never
+    # stored: see _two_pass_trust_ratio.
+    return _two_pass_trust_ratio(moments, weight_decay, mask, norm, trust_clip, layer_adaptation_mask,
+                                 learning_rate)
 
 
 def lars(

@@ -60,6 +60,20 @@ def _scalar_float_dtype() -> jnp.dtype:
     return jnp.result_type(float)
 
 
+def _hyperparameters(runtime: bool, *values):
+    """Python hyperparameters as they enter the per-element arithmetic: unchanged, or (``runtime=True``) as
+    0-d arrays behind an optimization barrier, which XLA cannot fold back into constants.
+
+    :func:`lamb.jax.lamb` recomputes the update inside its norm reductions (see ``_two_pass_trust_ratio``);
+    XLA:CPU runs such a reduction as one YNNPACK fusion only when its scalars are operands: a literal constant
+    there is first broadcast into a temporary array of the layer's size (94 MB for BERT's word embeddings,
+    written and page-faulted at every step). Values are rounded exactly as the constants would be.
+    """
+    if not runtime:
+        return values
+    return jax.lax.optimization_barrier(tuple(jnp.asarray(v) for v in values))
+
+
 def one_minus_power(b, t):
     r""":math:`1 - b^t` (a bias correction), as :math:`-\mathrm{expm1}(t \ln b)`, accurate in float32.
 
@@ -124,6 +138,14 @@ def scale_by_adam(
     _checks.check_nonnegative("eps", eps)
     _checks.check_nonnegative("eps_root", eps_root)
     _checks.check_bool("bias_correction", bias_correction)
+    return _from_parts(*_adam_parts(b1, b2, eps, eps_root, mu_dtype, bias_correction))
+
+
+def _adam_parts(b1, b2, eps, eps_root, mu_dtype, bias_correction):
+    """:func:`scale_by_adam` after validation, in three parts: ``init``; ``advance(g, state) -> (mu, nu,
+    new_state)``, the new moments (``mu`` before its cast to ``mu_dtype``); and ``direction(g, mu, nu,
+    new_state, runtime) -> r``, with ``runtime`` as in :func:`_hyperparameters`. :func:`lamb.jax.lamb` calls
+    ``direction`` twice (see ``lamb.jax.aliases._two_pass_trust_ratio``)."""
     mu_dtype = optax._src.utils.canonicalize_dtype(mu_dtype)
 
     def init_fn(params):
@@ -132,23 +154,39 @@ def scale_by_adam(
         nu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_at_least_float32(p.dtype)), params)
         return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
-    def update_fn(updates, state, params=None):
-        del params
+    def advance(updates, state):
         _checks.check_real("lamb.jax.scale_by_adam", updates, "updates")
         # The gradient is raised to the moments' precision before it is squared.
         mu = jax.tree.map(lambda g, m: (1 - b1) * g.astype(m.dtype) + b1 * m, updates, state.mu)
         nu = jax.tree.map(lambda g, v: (1 - b2) * jnp.square(g.astype(v.dtype)) + b2 * v, updates, state.nu)
         count_inc = optax.safe_increment(state.count)
+        return mu, nu, optax.ScaleByAdamState(count=count_inc, mu=otu.tree_cast_like(mu, state.mu), nu=nu)
+
+    def direction(updates, mu, nu, new_state, runtime):
+        del updates
+        k_eps, k_eps_root = _hyperparameters(runtime, eps, eps_root)
         if bias_correction:
-            t = count_inc.astype(_scalar_float_dtype())
-            c1, c2 = one_minus_power(b1, t), one_minus_power(b2, t)
+            t = new_state.count.astype(_scalar_float_dtype())
+            c1, c2 = _hyperparameters(runtime, one_minus_power(b1, t), one_minus_power(b2, t))
             mu_hat = jax.tree.map(lambda m: m / c1.astype(m.dtype), mu)    # m_t / (1 - beta1^t)
             nu_hat = jax.tree.map(lambda v: v / c2.astype(v.dtype), nu)    # v_t / (1 - beta2^t)
+        elif runtime:       # v / 1 (exact): a sqrt(v_t) shared by both computations of u would be stored
+            (one,) = _hyperparameters(True, 1.0)
+            mu_hat, nu_hat = mu, jax.tree.map(lambda v: v / one.astype(v.dtype), nu)
         else:
             mu_hat, nu_hat = mu, nu
-        updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + eps_root) + eps), mu_hat, nu_hat)
-        mu = otu.tree_cast_like(mu, state.mu)
-        return updates, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
+        if eps_root == 0:   # as a literal 0 the addition folds away; as a run-time scalar it would not
+            return jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + k_eps), mu_hat, nu_hat)
+        return jax.tree.map(lambda m, v: m / (jnp.sqrt(v + k_eps_root) + k_eps), mu_hat, nu_hat)
+
+    return init_fn, advance, direction
+
+
+def _from_parts(init_fn, advance, direction) -> optax.GradientTransformation:
+    def update_fn(updates, state, params=None):
+        del params
+        mu, nu, new_state = advance(updates, state)
+        return direction(updates, mu, nu, new_state, False), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -240,6 +278,11 @@ def scale_by_nesterov_adam(
                          "plain Adam moments), got None")
     _checks.check_momentum_decay(momentum_decay)
     _checks.check_bool("bias_correction", bias_correction)
+    return _from_parts(*_nesterov_adam_parts(b1, b2, eps, nesterov, momentum_decay, bias_correction, mu_dtype))
+
+
+def _nesterov_adam_parts(b1, b2, eps, nesterov, momentum_decay, bias_correction, mu_dtype):
+    """:func:`scale_by_nesterov_adam` after validation, in the three parts of :func:`_adam_parts`."""
     mu_dtype = optax._src.utils.canonicalize_dtype(mu_dtype)
 
     def init_fn(params):
@@ -249,14 +292,22 @@ def scale_by_nesterov_adam(
         return ScaleByNesterovAdamState(count=jnp.zeros([], jnp.int32),
                                         mu_product=jnp.ones([], _scalar_float_dtype()), mu=mu, nu=nu)
 
-    def update_fn(updates, state, params=None):
-        del params
+    def advance(updates, state):
         _checks.check_real("lamb.jax.scale_by_nesterov_adam", updates, "updates")
         count_inc = optax.safe_increment(state.count)
         t = count_inc.astype(state.mu_product.dtype)
+        p1_t = state.mu_product * momentum_schedule(b1, t, momentum_decay)  # P1(t) = P1(t-1) beta1_t
+        mu = jax.tree.map(lambda g, m: (1 - b1) * g.astype(m.dtype) + b1 * m, updates, state.mu)
+        nu = jax.tree.map(lambda g, v: (1 - b2) * jnp.square(g.astype(v.dtype)) + b2 * v, updates, state.nu)
+        new_state = ScaleByNesterovAdamState(count=count_inc, mu_product=p1_t,
+                                             mu=otu.tree_cast_like(mu, state.mu), nu=nu)
+        return mu, nu, new_state
+
+    def direction(updates, mu, nu, new_state, runtime):
+        t = new_state.count.astype(new_state.mu_product.dtype)
+        p1_t = new_state.mu_product
         beta1_t = momentum_schedule(b1, t, momentum_decay)
         beta1_next = momentum_schedule(b1, t + 1, momentum_decay)
-        p1_t = state.mu_product * beta1_t                                  # P1(t) = P1(t-1) beta1_t
         # The scalar coefficients of m_hat = a_m m + a_g g and v_hat = b_v v + b_g g^2, in the state's
         # scalar precision, cast once to each layer's dtype.
         if bias_correction:
@@ -265,28 +316,29 @@ def scale_by_nesterov_adam(
             a_m, a_g = beta1_next, 1 - beta1_t
         if nesterov == "n":
             b_v = b2 / one_minus_power(b2, t) if bias_correction else b2 * jnp.ones_like(t)
-            b_g = None
+            b_g = jnp.zeros_like(t)                                          # unused
         else:
             if bias_correction:
                 b_v, b_g = b2 / one_minus_power(b2, t + 1), (1 - b2) / one_minus_power(b2, t)
             else:
                 b_v, b_g = b2 * jnp.ones_like(t), (1 - b2) * jnp.ones_like(t)
+        a_m, a_g, b_v, b_g, k_eps = _hyperparameters(runtime, a_m, a_g, b_v, b_g, eps)
 
-        def direction(g, m, v):
+        def one(g, m, v):
             g = g.astype(m.dtype)
             m_hat = a_m.astype(m.dtype) * m + a_g.astype(m.dtype) * g      # Dozat's look-ahead m_hat
             v_hat = b_v.astype(v.dtype) * v
-            if b_g is not None:                                             # NN-LAMB: look-ahead v_hat
-                v_hat = v_hat + b_g.astype(v.dtype) * jnp.square(g.astype(v.dtype))
-            return m_hat / (jnp.sqrt(v_hat) + eps)                          # r_t
+            if nesterov == "nn":                                            # NN-LAMB: look-ahead v_hat
+                g_v = g.astype(v.dtype)
+                if runtime:   # (b g) g, not b g^2: a g^2 shared with v_t's update would be stored
+                    v_hat = v_hat + (b_g.astype(v.dtype) * g_v) * g_v
+                else:
+                    v_hat = v_hat + b_g.astype(v.dtype) * jnp.square(g_v)
+            return m_hat / (jnp.sqrt(v_hat) + k_eps)                        # r_t
 
-        mu = jax.tree.map(lambda g, m: (1 - b1) * g.astype(m.dtype) + b1 * m, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: (1 - b2) * jnp.square(g.astype(v.dtype)) + b2 * v, updates, state.nu)
-        new_updates = jax.tree.map(direction, updates, mu, nu)
-        mu = otu.tree_cast_like(mu, state.mu)
-        return new_updates, ScaleByNesterovAdamState(count=count_inc, mu_product=p1_t, mu=mu, nu=nu)
+        return jax.tree.map(one, updates, mu, nu)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return init_fn, advance, direction
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,3 +505,42 @@ def scale_by_trust_ratio(norm: str = "l2", trust_clip=None) -> optax.GradientTra
         return updates, ScaleByTrustRatioState(trust_ratio=ratios)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scale_by_recorded_trust_ratio() -> optax.GradientTransformation:
+    """The second pass of :func:`lamb.jax.lamb`'s update: scale each layer by the ratio already in the state.
+
+    Same state as :func:`scale_by_trust_ratio` (whose ``init`` it shares); its ``update`` multiplies by
+    ``state.trust_ratio``, which the first pass has just computed, and returns the state unchanged.
+    """
+
+    def init_fn(params):
+        _checks.check_real("lamb.jax.scale_by_trust_ratio", params)
+        return ScaleByTrustRatioState(
+            trust_ratio=jax.tree.map(lambda p: jnp.ones([], _at_least_float32(p.dtype)), params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        updates = jax.tree.map(lambda u, rho: u * rho.astype(u.dtype), updates, state.trust_ratio)
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _add_decayed_weights(weight_decay, mask, *, runtime_hyperparameters: bool) -> optax.GradientTransformation:
+    """``optax.add_decayed_weights(weight_decay, mask)``, with the same state; with ``runtime_hyperparameters``
+    a constant ``weight_decay`` enters as a run-time scalar (see :func:`_hyperparameters`)."""
+    if not runtime_hyperparameters or callable(weight_decay) or (
+            isinstance(weight_decay, (int, float)) and weight_decay == 0):
+        return optax.add_decayed_weights(weight_decay, mask)
+    inner = optax.add_decayed_weights(weight_decay)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(optax._src.base.NO_PARAMS_MSG)
+        (s,) = _hyperparameters(True, weight_decay)
+        return jax.tree.map(lambda g, p: None if g is None else g + s * p, updates, params,
+                            is_leaf=lambda x: x is None), state
+
+    tx = optax.GradientTransformation(inner.init, update_fn)
+    return tx if mask is None else optax.masked(tx, mask)
