@@ -246,8 +246,12 @@ def _bank_program(model, vocab_size: int, seq_len: int, micro: int, n_trials: in
             grads, sums = carry
             pos = (step_index * accumulation + m) * micro      # the micro-batch's first example in the phase
             idx = jax.lax.dynamic_slice(order, (pos,), (micro,))
-            inputs, labels = vectorized.mask_tokens_on_device(jax.random.fold_in(mask_key, pos), tokens[idx],
-                                                              vocab_size=vocab_size)
+            # each sequence masked with a key of its place in the stream: the same masks whatever the split
+            # into micro-batches, so accumulation changes only the summation order
+            keys = jax.vmap(lambda j: jax.random.fold_in(mask_key, pos + j))(jnp.arange(micro))
+            inputs, labels = jax.vmap(lambda k, row: vectorized.mask_tokens_on_device(
+                k, row[None], vocab_size=vocab_size))(keys, tokens[idx])
+            inputs, labels = inputs[:, 0], labels[:, 0]
 
             def objective(p):
                 s = sums_of(p, inputs, labels)
@@ -353,7 +357,8 @@ def bank(model, trials: Sequence[Trial], phases: Sequence[Phase], *, evaluations
     (summed over micro-batches), then applies LAMB (:func:`lamb.jax.lamb`) or AdamW (``optax.adamw``), both
     with BERT's exclusions (:func:`adaptation_mask`), :math:`\beta = (0.9, 0.999)`, :math:`\epsilon = 10^{-6}`.
     After ``evaluations + 1`` evenly spaced steps of each phase (the last among them) every trial is evaluated
-    on the phase's fixed masked validation positions (:func:`validation_batches`).
+    on the phase's fixed masked validation positions (:func:`validation_batches`) of its first
+    ``eval_sequences`` validation sequences (all of them where the phase has fewer; default all).
 
     Records (:func:`run_record`'s form): per-step training loss, accuracy, learning rate and (LAMB) per-layer
     trust ratios on a global step and examples-seen axis; evaluations; per phase the measured median time of a
@@ -396,7 +401,8 @@ def bank(model, trials: Sequence[Trial], phases: Sequence[Phase], *, evaluations
             state = programs["init"](seeds, hp)
         order = jnp.asarray(np.stack([_example_order(int(t.seed), index, tokens.shape[0], steps * batch)
                                       for t in trials]))
-        eval_x, eval_y = validation_batches(data_, eval_batch_size, eval_sequences)
+        n_eval = None if eval_sequences is None else min(int(eval_sequences), len(data_.validation))
+        eval_x, eval_y = validation_batches(data_, eval_batch_size, n_eval)
         eval_x, eval_y = jnp.asarray(eval_x), jnp.asarray(eval_y)
         eval_at = sorted({max(1, round(steps * k / (evaluations + 1))) for k in range(1, evaluations + 2)})
         per_step = {"loss": [], "accuracy": [], "trust_ratio": []}
