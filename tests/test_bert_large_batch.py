@@ -150,13 +150,13 @@ def test_dry_run_caps_steps_and_micro_batches_at_full_shapes(tiny, monkeypatch):
     monkeypatch.setenv(profiles.DRY_RUN_ENV, "1")
     trials = [blb.Trial("lamb", 0, 0.01, 2, 8), blb.Trial("adamw", 0, 0.01, 2, 8)]
     records = blb.bank(model, trials, [blb.Phase(short, 16, 8, 2)], evaluations=1, eval_batch_size=4,
-                       eval_sequences=4)
+                       eval_sequences=6)
     assert len(records) == 2                                            # every trial, so the notebook's tables run
     phase = records[0]["phases"][0]
     assert phase["steps"] == profiles.DRY_RUN_STEPS and phase["planned_steps"] == 8
     assert phase["micro_batch"] == blb.DRY_RUN_MICRO_BATCH and phase["accumulation_steps"] == 2
     assert phase["batch_size"] == 2 * blb.DRY_RUN_MICRO_BATCH and phase["planned_batch_size"] == 16
-    assert phase["dry_run_cap"] == {"steps": 8, "accumulation_steps": 2, "micro_batch": 8}
+    assert phase["dry_run_cap"] == {"steps": 8, "accumulation_steps": 2, "micro_batch": 8, "eval_sequences": 6}
     assert records[0]["dry_run"] and records[0]["environment"]["dry_run"]
 
 
@@ -200,6 +200,8 @@ def test_table1_and_largest_reaching_by_hand():
     assert [r["reaches"] for r in rows] == [True, True, False]
     assert blb.largest_reaching(rows) == 16
     assert blb.largest_reaching(blb.table1(runs, 0.6)) is None
+    # a floor above a batch's mean: it does not reach, however low the target
+    assert [r["reaches"] for r in blb.table1(runs, 0.0, floor=0.45)] == [False, True, False]
 
 
 def test_ranking_disagreements_by_hand():
