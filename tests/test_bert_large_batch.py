@@ -1,5 +1,6 @@
-"""lamb.experiments.bert_large_batch: BERT's layer types and exclusions, the injected two-phase schedule, runs in
-phases through train.fit, the dry run, and the summaries (worked by hand)."""
+"""lamb.experiments.bert_large_batch: BERT's layer types and exclusions, the injected two-phase schedule, the trial
+bank (phases, re-warmup, vectorized trials equal single runs, accumulation), the dry run's caps, the frequency
+floor, and the summaries (worked by hand)."""
 
 import math
 
@@ -69,44 +70,116 @@ def test_injected_optimizer_equals_plain_lamb_with_the_schedule():
         blb.optimizer("adamw", peak_1=0.1, warmup_1=3, steps_1=3)
 
 
-def test_train_phases_carries_the_optimizer_and_rewarms(tiny):
+def _schedule(**kw):
+    return dict(dict(peak_1=0.02, warmup_1=2, steps_1=4, peak_2=0.01, warmup_2=1, steps_2=3), **kw)
+
+
+def test_bank_carries_the_optimizer_through_phases_and_rewarms(tiny):
     short, long, model = tiny
-    schedule = dict(peak_1=0.02, warmup_1=2, steps_1=4, peak_2=0.01, warmup_2=1, steps_2=3)
-    r = blb.train_phases(model, "lamb", [blb.Phase(short, 8, 4), blb.Phase(long, 4, 3)], schedule, evaluations=1,
-                         eval_batch_size=4, eval_batches=1)
-    h = r["history"]
+    trials = [blb.Trial("lamb", 0, **_schedule()), blb.Trial("adamw", 0, **_schedule()),
+              blb.Trial("lamb", 1, **_schedule(), label="third")]
+    records = blb.bank(model, trials, [blb.Phase(short, 8, 4, 2), blb.Phase(long, 4, 3)], evaluations=1,
+                       eval_batch_size=4, eval_sequences=6)
+    assert [r["label"] for r in records] == ["lamb-seed0", "adamw-seed0", "third"]
+    h = records[0]["history"]
     assert h["step"] == [1, 2, 3, 4, 5, 6, 7]
     assert h["examples"] == [8, 16, 24, 32, 36, 40, 44]
     # rates of updates 1..7 are the schedule at counts 0..6: warmup, decay, then from zero again
     np.testing.assert_allclose(h["learning_rate"], [0.0, 0.01, 0.02, 0.01, 0.0, 0.01, 0.005], atol=1e-7)
-    assert [p["seq_len"] for p in r["phases"]] == [12, 24]
-    assert all(len(v) == 7 for v in r["trust_ratio"].values())
-    assert set(h["eval_phase"]) == {0, 1} and h["eval_step"][0] == 0 and h["eval_step"][-1] == 7
-    assert np.isfinite(h["loss"]).all() and r["phases"][1]["median_step_s"] > 0
+    assert [p["seq_len"] for p in records[0]["phases"]] == [12, 24]
+    assert [p["micro_batch"] for p in records[0]["phases"]] == [4, 4]
+    assert h["eval_step"] == [2, 4, 6, 7] and h["eval_phase"] == [0, 0, 1, 1]     # halfway and at the end
+    assert all(len(v) == 7 for v in records[0]["trust_ratio"].values()) and records[0]["trust_ratio"]
+    assert not any(blb.layer_type(n) == blb.EXCLUDED for n in records[0]["trust_ratio"])
+    assert records[1]["trust_ratio"] == {}                                          # AdamW has none
+    for r in records:
+        assert np.isfinite(r["history"]["loss"]).all() and r["phases"][1]["median_step_s"] > 0
+    # the same seed, another optimizer: the same data, so the same first loss, then apart
+    assert records[0]["history"]["loss"][0] == pytest.approx(records[1]["history"]["loss"][0], rel=1e-6)
+    assert records[0]["history"]["loss"][-1] != records[1]["history"]["loss"][-1]
 
 
-def test_ladder_scales_the_rate_and_keeps_warmup_steps(tiny):
+def test_a_trial_trains_the_same_alone_or_in_a_bank_and_with_accumulation(tiny):
     short, _, model = tiny
-    runs = blb.ladder(model, "adamw", short, [4, 16], total_examples=64, peak_lr=0.01, base_batch_size=4,
-                      warmup_steps=2, evaluations=1, eval_batch_size=4, eval_batches=1)
-    assert sorted(runs) == [(4, 0), (16, 0)]
-    assert runs[(4, 0)]["schedule"] == {"peak_1": 0.01, "warmup_1": 2.0, "steps_1": 16.0}
+    schedule = dict(peak_1=0.01, warmup_1=1, steps_1=3)
+    alone = blb.bank(model, [blb.Trial("lamb", 1, **schedule)], [blb.Phase(short, 8, 3)], evaluations=0,
+                     eval_batch_size=4, eval_sequences=4)[0]
+    banked = blb.bank(model, [blb.Trial("adamw", 0, **schedule), blb.Trial("lamb", 1, **schedule)],
+                      [blb.Phase(short, 8, 3, 4)], evaluations=0, eval_batch_size=4, eval_sequences=4)[1]
+    # micro-batches of 2 summed: the same steps up to the order of the float32 sums
+    np.testing.assert_allclose(banked["history"]["loss"], alone["history"]["loss"], rtol=2e-5)
+    np.testing.assert_allclose(banked["history"]["test_loss"], alone["history"]["test_loss"], rtol=2e-5)
+    for name in alone["trust_ratio"]:
+        np.testing.assert_allclose(banked["trust_ratio"][name], alone["trust_ratio"][name], rtol=1e-4)
+
+
+def test_ladder_scales_the_rate_keeps_warmup_steps_and_reuses_done_runs(tiny):
+    short, _, model = tiny
+    base = blb.grid(model, short, 4, {"adamw": [0.01, 0.02]}, total_examples=64, warmup_steps=2, evaluations=0,
+                    eval_batch_size=4, eval_sequences=4)
+    assert sorted(base["adamw"]) == [0.01, 0.02]
+    done = {("adamw", 4, 0): base["adamw"][0.01]}
+    runs = blb.ladder(model, short, [4, 16], {"adamw": 0.01}, total_examples=64, base_batch_size=4,
+                      warmup_steps=2, seeds=(0,), base_seeds=(1,), micro_batch=4, done=done, evaluations=0,
+                      eval_batch_size=4, eval_sequences=4)["adamw"]
+    assert sorted(runs) == [(4, 0), (4, 1), (16, 0)]
+    assert runs[(4, 0)] is done[("adamw", 4, 0)]
+    assert runs[(4, 1)]["schedule"]["peak_1"] == 0.01 and runs[(4, 1)]["schedule"]["steps_1"] == 16.0
     assert runs[(16, 0)]["schedule"]["peak_1"] == pytest.approx(0.02)   # sqrt(16 / 4) = 2
     assert runs[(16, 0)]["schedule"]["steps_1"] == 4.0                  # a fixed budget of 64 examples
+    assert runs[(16, 0)]["schedule"]["warmup_1"] == 2.0
+    assert runs[(16, 0)]["phases"][0]["accumulation_steps"] == 4
     with pytest.raises(ValueError, match="not more than the 2 warmup steps"):
-        blb.ladder(model, "lamb", short, [32], total_examples=64, peak_lr=0.01, base_batch_size=4, warmup_steps=2)
+        blb.ladder(model, short, [32], {"lamb": 0.01}, total_examples=64, base_batch_size=4, warmup_steps=2)
+    with pytest.raises(ValueError, match="not a multiple of micro_batch"):
+        blb.ladder(model, short, [12], {"lamb": 0.01}, total_examples=64, base_batch_size=4, warmup_steps=2,
+                   micro_batch=8)
 
 
-def test_dry_run_trains_one_trial_of_two_steps(tiny, monkeypatch):
+def test_trial_validates_its_numbers():
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        blb.Trial("sgd", 0, 0.1, 1, 3)
+    with pytest.raises(ValueError, match="warmup_1"):
+        blb.Trial("lamb", 0, 0.1, 3, 3)
+    with pytest.raises(ValueError, match="seed must be"):
+        blb.Trial("lamb", -1, 0.1, 1, 3)
+
+
+def test_dry_run_caps_steps_and_micro_batches_at_full_shapes(tiny, monkeypatch):
     short, _, model = tiny
     monkeypatch.setenv(profiles.DRY_RUN_ENV, "1")
-    runs = blb.ladder(model, "lamb", short, [4, 8], total_examples=64, peak_lr=0.01, base_batch_size=4,
-                      warmup_steps=2, seeds=(0, 1), evaluations=1, eval_batch_size=4, eval_batches=1)
-    assert list(runs) == [(4, 0)]
-    assert runs[(4, 0)]["phases"][0]["steps"] == profiles.DRY_RUN_STEPS
-    assert runs[(4, 0)]["phases"][0]["planned_steps"] == 16 and runs[(4, 0)]["dry_run"]
-    assert list(blb.grid(model, "adamw", short, 4, [0.01, 0.02], total_examples=64, warmup_steps=2, evaluations=1,
-                         eval_batch_size=4, eval_batches=1)) == [0.01]
+    trials = [blb.Trial("lamb", 0, 0.01, 2, 8), blb.Trial("adamw", 0, 0.01, 2, 8)]
+    records = blb.bank(model, trials, [blb.Phase(short, 16, 8, 2)], evaluations=1, eval_batch_size=4,
+                       eval_sequences=6)
+    assert len(records) == 2                                            # every trial, so the notebook's tables run
+    phase = records[0]["phases"][0]
+    assert phase["steps"] == profiles.DRY_RUN_STEPS and phase["planned_steps"] == 8
+    assert phase["micro_batch"] == blb.DRY_RUN_MICRO_BATCH and phase["accumulation_steps"] == 2
+    assert phase["batch_size"] == 2 * blb.DRY_RUN_MICRO_BATCH and phase["planned_batch_size"] == 16
+    assert phase["dry_run_cap"] == {"steps": 8, "accumulation_steps": 2, "micro_batch": 8, "eval_sequences": 6}
+    assert records[0]["dry_run"] and records[0]["environment"]["dry_run"]
+
+
+def test_frequency_baseline_by_hand(tiny):
+    short, _, _ = tiny
+    out = blb.frequency_baseline(short, eval_batch_size=4, eval_sequences=10)
+    _, labels = blb.validation_batches(short, 4, 10)
+    labels = labels[labels >= 0]
+    train = short.train[short.train >= len(short.special_ids)]
+    counts = np.bincount(train, minlength=short.vocab_size)
+    top = int(np.argmax(counts))
+    assert out["positions"] == labels.size and out["token"] == short.decode([top])
+    assert out["accuracy"] == pytest.approx(np.mean(labels == top))
+    p = (counts + 1) / (counts.sum() + short.vocab_size)
+    assert out["loss"] == pytest.approx(-np.mean(np.log(p[labels])))
+    # no model of the frequencies alone does better on these positions than the frequencies themselves
+    assert out["loss"] < math.log(short.vocab_size)
+
+
+def test_base_target_is_the_worst_base_seed():
+    assert blb.base_target([_record("lamb", 3.0, 0.50), _record("lamb", 3.2, 0.40)]) == 0.40
+    with pytest.raises(ValueError, match="at least one"):
+        blb.base_target([])
 
 
 def _record(optimizer, loss, acc, batch=8, steps=10, step_s=0.1):
@@ -127,6 +200,8 @@ def test_table1_and_largest_reaching_by_hand():
     assert [r["reaches"] for r in rows] == [True, True, False]
     assert blb.largest_reaching(rows) == 16
     assert blb.largest_reaching(blb.table1(runs, 0.6)) is None
+    # a floor above a batch's mean: it does not reach, however low the target
+    assert [r["reaches"] for r in blb.table1(runs, 0.0, floor=0.45)] == [False, True, False]
 
 
 def test_ranking_disagreements_by_hand():

@@ -1,23 +1,23 @@
 r"""BERT at large batch on the harness: the paper's Table 1 protocol, the mixed-batch two-phase recipe, and the
 summaries and figures of ``notebooks/bert_large_batch.ipynb`` (You et al. 2020, section 4.1, Figures 5-14).
 
-Everything trains through :func:`lamb.experiments.train.fit`; this module only chains its calls:
-
-- :func:`optimizer` -- LAMB (:func:`lamb.jax.lamb`) or AdamW (``optax.adamw``) with BERT's exclusions (biases
-  and LayerNorm parameters get neither weight decay nor a trust ratio), whose learning-rate schedule
-  (:func:`lamb.experiments.schedules.two_phase_rate`, one or two phases) lives in the optimizer state through
-  ``optax.inject_hyperparams``. The compiled step then depends only on the optimizer, the batch shape and
-  the accumulation, so runs that differ in rate, schedule length or seed share one compiled program (with
-  :func:`enable_compilation_cache`, across :func:`~lamb.experiments.train.fit` calls too).
-- :func:`train_phases` -- one run made of phases (a sequence length, a batch, a number of steps each):
-  ``fit`` once per phase, parameters *and* optimizer state carried from phase to phase, histories joined on
-  a global step and an examples-seen axis, the time of every step measured.
+- :func:`bank` -- the engine: many runs (:class:`Trial`: optimizer, seed, learning-rate schedule) trained at
+  once through the same :class:`Phase` sequence (a sequence length, a batch, a number of steps each), in one
+  compiled program per phase shape. The runs are ``jax.vmap``-ed; the batch is a sum of fixed-size
+  micro-batches whose count is traced, and the rates, the schedule's lengths, the seeds and the optimizer
+  (LAMB, :func:`lamb.jax.lamb`, or AdamW, ``optax.adamw``, both with BERT's exclusions) are traced too, so a
+  whole batch ladder of both optimizers compiles once. Parameters and optimizer state carry from phase to
+  phase (the two-phase recipe). Every step is timed.
 - :func:`ladder` and :func:`grid` -- the sweeps: a batch ladder at a fixed budget of examples (the paper's
-  fixed epochs) and a learning-rate grid. In a dry run (:func:`lamb.profiles.dry_run`) each trains one trial
-  and every run stops after :data:`lamb.profiles.DRY_RUN_STEPS` steps per phase.
+  fixed epochs) and a learning-rate grid, each a :func:`bank` per batch. In a dry run
+  (:func:`lamb.profiles.dry_run`) every phase stops after :data:`lamb.profiles.DRY_RUN_STEPS` steps of at most
+  as many micro-batches of at most :data:`DRY_RUN_MICRO_BATCH` sequences, at the full model and sequence
+  shapes.
+- :func:`frequency_baseline` -- what predicting from token frequencies alone scores on the validation
+  positions: the floor a run must clear before its quality means anything.
 - Summaries (:func:`summarize`, :func:`table1`, :func:`ranking_disagreements`, :func:`scaling_model`) and
-  figures (``plot_*``) take the JSON-able result data (:func:`run_record`), not notebook globals, so a
-  shipped full-scale result file redraws them.
+  figures (``plot_*``) take the JSON-able run records, not notebook globals, so a shipped full-scale result
+  file redraws them.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ import optax
 from lamb import profiles
 from lamb.experiments import communication, schedules, train
 
-__all__ = ["OPTIMIZERS", "LAYER_TYPES", "EXCLUDED", "Phase", "adaptation_mask", "layer_type", "optimizer",
-           "mixed_precision", "enable_compilation_cache", "batch_ladder", "train_phases", "ladder", "grid",
-           "run_record", "summarize", "table1", "ranking_disagreements", "scaling_model", "markdown_table",
+__all__ = ["OPTIMIZERS", "LAYER_TYPES", "EXCLUDED", "DRY_RUN_MICRO_BATCH", "Phase", "Trial", "adaptation_mask",
+           "layer_type", "optimizer", "mixed_precision", "enable_compilation_cache", "batch_ladder", "bank",
+           "clear_bank_programs", "validation_batches", "frequency_baseline", "ladder", "grid", "summarize",
+           "table1", "base_target", "largest_reaching", "ranking_disagreements", "scaling_model", "markdown_table",
            "plot_loss_vs_examples", "plot_table1", "plot_trust_ratios", "plot_validation_ranking",
            "plot_scaling_efficiency", "plot_two_phase", "draw_summary"]
 
@@ -106,16 +107,6 @@ def optimizer(name: str, *, peak_1: float, warmup_1: int, steps_1: int, peak_2: 
     return optax.inject_hyperparams(factory)(**{k: jnp.float32(v) for k, v in numbers.items()})
 
 
-def _rate_function(schedule: Mapping):
-    keys = ("peak_1", "warmup_1", "steps_1", "peak_2", "warmup_2", "steps_2")
-    return lambda count: schedules.two_phase_rate(count, *(float(schedule[k]) for k in keys))
-
-
-def _continue_from(tx, state):
-    """``tx`` whose ``init`` returns ``state``: the next phase's ``fit`` continues the optimizer."""
-    return optax.GradientTransformation(lambda params: state, tx.update)
-
-
 def mixed_precision(model, compute_dtype=jnp.bfloat16):
     """``model`` computing in ``compute_dtype`` (bf16 on GPU/TPU) from float32 parameters: the parameters are
     cast on the way in and the logits back to float32 for the loss, so gradients, parameters and the
@@ -171,134 +162,389 @@ class Phase:
     accumulation_steps: int = 1
 
 
-def train_phases(model, name: str, phases: Sequence[Phase], schedule: Mapping, *, seed: int = 0,
-                 evaluations: int = 4, eval_batch_size: int = 128, eval_batches: int | None = None,
-                 optimizer_options: Mapping | None = None, label: str = "", progress=False, result_path=None):
-    """Train ``model`` with :func:`optimizer` ``(name, **schedule)`` through ``phases``, one ``fit`` per phase, the
-    parameters and optimizer state carried over; return :func:`run_record`'s dict.
+# ---------------------------------------------------------------------------------------------------------------
+# The trial bank: many runs of one phase shape in one compiled program
+# ---------------------------------------------------------------------------------------------------------------
 
-    ``evaluations``: validation passes per phase besides its start and end (on the phase's own validation
-    split, ``eval_batches`` batches of ``eval_batch_size``). Every step is timed (the device is synchronised
-    after each step). In a dry run each phase stops after :data:`lamb.profiles.DRY_RUN_STEPS` steps.
+#: In a dry run every bank step is cut to at most this many sequences per micro-batch (and
+#: :data:`lamb.profiles.DRY_RUN_STEPS` micro-batches per step): a micro-batch at ``gpu`` shapes (1024 sequences
+#: of 128 tokens through a 4-layer BERT, about 3 TFLOP) takes minutes on a CPU. The cap is recorded in every
+#: record's phases (``dry_run_cap``).
+DRY_RUN_MICRO_BATCH = 4      # (and evaluations on at most this many validation sequences)
+#: The fixed masking of the validation sequences (every run is evaluated on the same masked positions).
+EVAL_MASK_SEED = 12345
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of a :func:`bank`: the optimizer (``"lamb"`` or ``"adamw"``), the seed (initial weights, batch
+    order, masks) and the learning-rate schedule :func:`lamb.experiments.schedules.two_phase_rate` (warmup to
+    ``peak_1`` over ``warmup_1`` updates, linear decay to 0 at ``steps_1``; then, for a two-phase run, re-warmed
+    from 0 to ``peak_2`` over ``warmup_2`` and decayed to 0 over ``steps_2``)."""
+
+    optimizer: str
+    seed: int
+    peak_1: float
+    warmup_1: int
+    steps_1: int
+    peak_2: float = 0.0
+    warmup_2: int = 0
+    steps_2: int = 1
+    label: str = ""
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be an int in [0, 2**31), got {self.seed!r}")
+        schedules.two_phase_warmup_polynomial_decay(self.peak_1, self.warmup_1, self.steps_1, self.peak_2,
+                                                    self.warmup_2, self.steps_2)
+
+    @property
+    def schedule(self) -> dict:
+        return {k: float(getattr(self, k)) for k in ("peak_1", "warmup_1", "steps_1", "peak_2", "warmup_2",
+                                                     "steps_2")}
+
+
+_BANK_PROGRAMS: dict = {}
+
+
+def _bank_program(model, vocab_size: int, seq_len: int, micro: int, n_trials: int, weight_decay: float):
+    """The jitted ``init``, ``step`` and ``evaluate`` of a bank of ``n_trials`` runs of ``model`` on sequences of
+    ``seq_len`` in micro-batches of ``micro``, cached. The rate schedule, the optimizer (LAMB or AdamW: both
+    updates are computed, one applied), the seed, the step index and the accumulation (so the batch size) are
+    traced, so one compiled program serves every batch of a ladder, every rate and both optimizers."""
+    key = (id(model), vocab_size, seq_len, micro, n_trials, float(weight_decay))
+    if key in _BANK_PROGRAMS:
+        return _BANK_PROGRAMS[key]
+    from lamb import jax as lj
+    from lamb.experiments import vectorized
+    from lamb.experiments.models import loss_sums
+
+    def txs(hp):
+        def rate(count):
+            return schedules.two_phase_rate(count, hp["peak_1"], hp["warmup_1"], hp["steps_1"], hp["peak_2"],
+                                            hp["warmup_2"], hp["steps_2"])
+        return (lj.lamb(rate, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay, mask=adaptation_mask,
+                        layer_adaptation_mask=adaptation_mask),
+                optax.adamw(rate, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay, mask=adaptation_mask))
+
+    def sums_of(params, inputs, labels):
+        if model.apply_masked is not None:
+            return loss_sums(*model.apply_masked(params, inputs, labels))
+        return loss_sums(model.apply(params, inputs), labels)
+
+    def init(seed, hp):
+        params = model.init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+        lamb_tx, adamw_tx = txs(hp)
+        return params, lamb_tx.init(params), adamw_tx.init(params)
+
+    def step(state, hp, seed, order, tokens, step_index, accumulation):
+        params, lamb_state, adamw_state = state
+        mask_key = jax.random.fold_in(jax.random.PRNGKey(seed), 2)
+
+        def micro_grads(m, carry):
+            grads, sums = carry
+            pos = (step_index * accumulation + m) * micro      # the micro-batch's first example in the phase
+            idx = jax.lax.dynamic_slice(order, (pos,), (micro,))
+            # each sequence masked with a key of its place in the stream: the same masks whatever the split
+            # into micro-batches, so accumulation changes only the summation order
+            keys = jax.vmap(lambda j: jax.random.fold_in(mask_key, pos + j))(jnp.arange(micro))
+            inputs, labels = jax.vmap(lambda k, row: vectorized.mask_tokens_on_device(
+                k, row[None], vocab_size=vocab_size))(keys, tokens[idx])
+            inputs, labels = inputs[:, 0], labels[:, 0]
+
+            def objective(p):
+                s = sums_of(p, inputs, labels)
+                return s["loss"], s
+
+            (_, s), g = jax.value_and_grad(objective, has_aux=True)(params)
+            return jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)
+
+        zero = {k: jnp.zeros([], jnp.float32) for k in ("loss", "correct", "count")}
+        grads, sums = jax.lax.fori_loop(0, accumulation, micro_grads,
+                                        (jax.tree.map(jnp.zeros_like, params), zero))
+        count = jnp.maximum(sums["count"], 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)   # the mean over the batch's masked positions
+        lamb_tx, adamw_tx = txs(hp)
+        lamb_updates, lamb_state = lamb_tx.update(grads, lamb_state, params)
+        adamw_updates, adamw_state = adamw_tx.update(grads, adamw_state, params)
+        updates = jax.tree.map(lambda a, b: jnp.where(hp["lamb"] > 0, a, b), lamb_updates, adamw_updates)
+        params = optax.apply_updates(params, updates)
+        ratios = list(train.trust_ratios(lamb_state).values())
+        metrics = {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count,
+                   "trust_ratio": jnp.stack(ratios) if ratios else jnp.zeros((0,), jnp.float32)}
+        return (params, lamb_state, adamw_state), metrics
+
+    def evaluate(params, inputs, labels):
+        def body(carry, xy):
+            return jax.tree.map(jnp.add, carry, sums_of(params, *xy)), None
+
+        zero = {k: jnp.zeros([], jnp.float32) for k in ("loss", "correct", "count")}
+        s, _ = jax.lax.scan(body, zero, (inputs, labels))
+        count = jnp.maximum(s["count"], 1.0)
+        return {"test_loss": s["loss"] / count, "test_accuracy": s["correct"] / count}
+
+    programs = {"init": jax.jit(jax.vmap(init)),
+                "step": jax.jit(jax.vmap(step, in_axes=(0, 0, 0, 0, None, None, None)), donate_argnums=(0,)),
+                "evaluate": jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))}
+    _BANK_PROGRAMS[key] = programs
+    return programs
+
+
+def clear_bank_programs() -> None:
+    """Forget the compiled bank programs."""
+    _BANK_PROGRAMS.clear()
+
+
+def validation_batches(mlm, eval_batch_size: int = 128, eval_sequences: int | None = None):
+    """The validation sequences of ``mlm`` masked once by BERT's rule with a fixed seed
+    (:data:`EVAL_MASK_SEED`), in ``(batches, eval_batch_size, seq_len)`` arrays, the last batch padded with
+    unlabelled rows: ``(inputs, labels)``, the same positions for every run."""
+    from lamb.experiments import data as _data
+    from lamb.experiments import text
+
+    validation = np.asarray(mlm.validation)
+    n = len(validation) if eval_sequences is None else int(eval_sequences)
+    if not 1 <= n <= len(validation):
+        raise ValueError(f"eval_sequences must be in [1, {len(validation)}], got {eval_sequences!r}")
+    if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size must be an int >= 1, got {eval_batch_size!r}")
+    inputs, labels = text.mask_tokens(validation[:n], _data.rng(EVAL_MASK_SEED), vocab_size=mlm.vocab_size)
+    size = min(eval_batch_size, n)
+    pad = -n % size
+    inputs = np.concatenate([inputs, np.zeros((pad, inputs.shape[1]), inputs.dtype)])
+    labels = np.concatenate([labels, np.full((pad, labels.shape[1]), text.IGNORE_INDEX, labels.dtype)])
+    shape = (-1, size, inputs.shape[1])
+    return inputs.reshape(shape).astype(np.int32), labels.reshape(shape).astype(np.int32)
+
+
+def frequency_baseline(mlm, eval_batch_size: int = 128, eval_sequences: int | None = None) -> dict:
+    """What a model that ignores the context scores on the validation positions of :func:`validation_batches`:
+    ``accuracy`` of always predicting the training split's most frequent ordinary token, ``loss`` the
+    cross-entropy of the training split's unigram frequencies (add-one smoothed over the vocabulary). A model
+    that learned anything from context beats both."""
+    train_tokens = np.asarray(mlm.train).ravel()
+    counts = np.bincount(train_tokens[train_tokens >= len(mlm.special_ids)], minlength=mlm.vocab_size)
+    counts = counts.astype(np.float64)
+    counts[:len(mlm.special_ids)] = 0.0
+    top = int(np.argmax(counts))
+    probs = (counts + 1.0) / (counts.sum() + mlm.vocab_size)
+    _, labels = validation_batches(mlm, eval_batch_size, eval_sequences)
+    labels = labels[labels >= 0]
+    return {"accuracy": float(np.mean(labels == top)), "loss": float(-np.mean(np.log(probs[labels]))),
+            "token": mlm.decode([top]), "positions": int(labels.size)}
+
+
+def _example_order(seed: int, phase: int, num_train: int, count: int) -> np.ndarray:
+    """The first ``count`` training examples a run sees in a phase: a fresh permutation per epoch."""
+    from lamb.experiments import data as _data
+
+    rng = _data.rng(seed, phase)
+    epochs = -(-count // num_train)
+    return np.concatenate([rng.permutation(num_train) for _ in range(epochs)])[:count].astype(np.int32)
+
+
+def bank(model, trials: Sequence[Trial], phases: Sequence[Phase], *, evaluations: int = 2,
+         eval_batch_size: int = 128, eval_sequences: int | None = None, weight_decay: float = 0.01,
+         results_dir=None, progress: bool = False) -> list[dict]:
+    r"""Train every :class:`Trial` through ``phases`` (each :class:`Phase` a sequence length -- its ``data`` --,
+    a batch size, a number of steps and the accumulation: ``batch_size / accumulation_steps`` sequences per
+    forward-backward pass) at once: ``jax.vmap`` over the trials, one compiled program per phase shape (the
+    batch, the rates, the schedules, the seeds and the optimizer are traced, so calls that differ only in them
+    share it). Parameters and optimizer state carry from phase to phase. Returns one record per trial.
+
+    A step of batch :math:`B` averages the gradient over all the masked positions of its :math:`B` sequences
+    (summed over micro-batches), then applies LAMB (:func:`lamb.jax.lamb`) or AdamW (``optax.adamw``), both
+    with BERT's exclusions (:func:`adaptation_mask`), :math:`\beta = (0.9, 0.999)`, :math:`\epsilon = 10^{-6}`.
+    After ``evaluations + 1`` evenly spaced steps of each phase (the last among them) every trial is evaluated
+    on the phase's fixed masked validation positions (:func:`validation_batches`) of its first
+    ``eval_sequences`` validation sequences (all of them where the phase has fewer; default all).
+
+    Records (:func:`run_record`'s form): per-step training loss, accuracy, learning rate and (LAMB) per-layer
+    trust ratios on a global step and examples-seen axis; evaluations; per phase the measured median time of a
+    bank step (all trials; the first step, which compiles, left out), and ``median_step_s`` per trial, that
+    time divided by the number of trials.
+
+    In a dry run each phase takes :data:`lamb.profiles.DRY_RUN_STEPS` steps of at most that many micro-batches
+    of at most :data:`DRY_RUN_MICRO_BATCH` sequences, and evaluates on at most that many validation sequences
+    (the planned numbers recorded as ``dry_run_cap``).
     """
-    options = dict(optimizer_options or {})
-    tx = optimizer(name, **schedule, **options)
-    rate = _rate_function({"peak_2": 0.0, "warmup_2": 0, "steps_2": 1, **schedule})
-    params, state, offset, examples = None, None, 0, 0
-    parts = []
-    for i, phase in enumerate(phases):
-        steps = min(phase.steps, profiles.DRY_RUN_STEPS) if profiles.dry_run() else phase.steps
+    trials = list(trials)
+    if not trials or not all(isinstance(t, Trial) for t in trials):
+        raise ValueError(f"trials must be a non-empty sequence of Trial, got {trials!r}")
+    if not phases or not all(isinstance(p, Phase) for p in phases):
+        raise ValueError(f"phases must be a non-empty sequence of Phase, got {phases!r}")
+    if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 0:
+        raise ValueError(f"evaluations must be an int >= 0, got {evaluations!r}")
+    hp = {k: jnp.asarray([t.schedule[k] for t in trials], jnp.float32) for k in trials[0].schedule}
+    hp["lamb"] = jnp.asarray([t.optimizer == "lamb" for t in trials], jnp.float32)
+    seeds = jnp.asarray([t.seed for t in trials], jnp.uint32)
+    state, parts, offset, examples = None, [], 0, 0
+    for index, phase in enumerate(phases):
+        if phase.batch_size % phase.accumulation_steps:
+            raise ValueError(f"phase {index}: batch_size {phase.batch_size} is not a multiple of accumulation_steps "
+                             f"{phase.accumulation_steps}")
+        micro, accumulation, steps = phase.batch_size // phase.accumulation_steps, phase.accumulation_steps, phase.steps
+        cap = None
+        if profiles.dry_run():
+            cap = {"steps": steps, "accumulation_steps": accumulation, "micro_batch": micro}
+            steps = min(steps, profiles.DRY_RUN_STEPS)
+            accumulation = min(accumulation, profiles.DRY_RUN_STEPS)
+            micro = min(micro, DRY_RUN_MICRO_BATCH)
+        batch = micro * accumulation
+        data_ = phase.data
+        tokens = jnp.asarray(data_.train, jnp.int32)
+        if batch * steps > 0 and micro > tokens.shape[0]:
+            raise ValueError(f"phase {index}: micro-batch {micro} exceeds the {tokens.shape[0]} training sequences")
+        programs = _bank_program(model, int(data_.vocab_size), int(data_.seq_len), micro, len(trials),
+                                 weight_decay)
+        if state is None:
+            state = programs["init"](seeds, hp)
+        order = jnp.asarray(np.stack([_example_order(int(t.seed), index, tokens.shape[0], steps * batch)
+                                      for t in trials]))
+        n_eval = len(data_.validation) if eval_sequences is None else min(int(eval_sequences), len(data_.validation))
+        if cap:
+            cap["eval_sequences"] = n_eval
+            n_eval = min(n_eval, DRY_RUN_MICRO_BATCH)
+        eval_x, eval_y = validation_batches(data_, eval_batch_size, n_eval)
+        eval_x, eval_y = jnp.asarray(eval_x), jnp.asarray(eval_y)
+        eval_at = sorted({max(1, round(steps * k / (evaluations + 1))) for k in range(1, evaluations + 2)})
+        per_step = {"loss": [], "accuracy": [], "trust_ratio": []}
+        evals = {"eval_step": [], "test_loss": [], "test_accuracy": []}
         times = []
-
-        def timer(step, p, s, times=times):
-            jax.block_until_ready(p)
-            times.append(time.perf_counter())
-
-        t0 = time.perf_counter()
-        start = offset
-        result = train.fit(model, tx if state is None else _continue_from(tx, state), phase.data,
-                           batch_size=phase.batch_size, steps=steps, eval_every=max(1, steps // (evaluations + 1)),
-                           seed=seed, params=params, accumulation_steps=phase.accumulation_steps,
-                           learning_rate=lambda c, start=start: rate(c + start), eval_batch_size=eval_batch_size,
-                           eval_batches=eval_batches, progress=progress, callback=timer,
-                           config={"optimizer": name, **{k: float(v) for k, v in schedule.items()}, "phase": i})
-        step_times = np.diff(np.concatenate([[t0], times]))
-        params, state = result.params, result.opt_state
-        parts.append((phase, result, step_times, offset, examples))
+        for t in range(steps):
+            t0 = time.perf_counter()
+            state, m = programs["step"](state, hp, seeds, order, tokens, jnp.int32(t), jnp.int32(accumulation))
+            m = jax.device_get(m)
+            times.append(time.perf_counter() - t0)
+            for k in per_step:
+                per_step[k].append(np.asarray(m[k], np.float64))
+            if t + 1 in eval_at:
+                e = jax.device_get(programs["evaluate"](state[0], eval_x, eval_y))
+                evals["eval_step"].append(t + 1)
+                evals["test_loss"].append(np.asarray(e["test_loss"], np.float64))
+                evals["test_accuracy"].append(np.asarray(e["test_accuracy"], np.float64))
+                if progress:
+                    print(f"phase {index} step {t + 1}/{steps}: loss {np.median(m['loss']):.4g}, validation "
+                          f"accuracy {np.median(e['test_accuracy']):.4g}")
+        steady = np.asarray(times[1:] if len(times) > 1 else times)
+        parts.append({"phase": phase, "steps": steps, "batch": batch, "micro": micro, "accumulation": accumulation,
+                      "cap": cap, "offset": offset, "examples": examples, "per_step": per_step, "evals": evals,
+                      "bank_step_s": float(np.median(steady)), "first_step_s": float(times[0])})
         offset += steps
-        examples += steps * phase.batch_size
-    return run_record(model, name, schedule, parts, seed=seed, label=label, result_path=result_path)
-
-
-def run_record(model, name, schedule, parts, *, seed, label, result_path=None) -> dict:
-    """The JSON-able record of a run: configuration, per-step and per-evaluation history on a global step and
-    examples axis, per-layer trust ratios, per-phase timings (median step time, the first step -- compile --
-    left out; ``train_time_s`` = median step time x steps, so compilation and evaluations do not count), and the
-    environment."""
-    h = {k: [] for k in ("step", "examples", "loss", "accuracy", "learning_rate", "eval_step", "eval_examples",
-                         "test_loss", "test_accuracy", "eval_phase")}
-    trust: dict[str, list] = {}
-    phases = []
-    for i, (phase, result, step_times, offset, examples) in enumerate(parts):
-        r = result.history
-        h["step"] += (r["step"] + offset).tolist()
-        h["examples"] += (examples + r["step"] * phase.batch_size).tolist()
-        for k in ("loss", "accuracy", "learning_rate"):
-            h[k] += r[k].tolist()
-        h["eval_step"] += (r["eval_step"] + offset).tolist()
-        h["eval_examples"] += (examples + r["eval_step"] * phase.batch_size).tolist()
-        h["test_loss"] += r["test_loss"].tolist()
-        h["test_accuracy"] += r["test_accuracy"].tolist()
-        h["eval_phase"] += [i] * len(r["eval_step"])
-        for layer, v in r["trust_ratio"].items():
-            trust.setdefault(layer, []).extend(v.tolist())
-        steady = step_times[1:] if len(step_times) > 1 else step_times
-        phases.append({"seq_len": int(phase.data.seq_len), "batch_size": int(phase.batch_size),
-                       "steps": int(len(r["step"])), "planned_steps": int(phase.steps),
-                       "accumulation_steps": int(phase.accumulation_steps),
-                       "median_step_s": float(np.median(steady)),
-                       "train_time_s": float(np.median(steady) * len(step_times)),
-                       "fit_wall_s": float(result.environment["wall_time_s"])})
-    from lamb.experiments.models import count_params, layer_names
-
-    params = parts[-1][1].params
-    names = layer_names(params)
-    record = {"label": label, "optimizer": name, "seed": int(seed), "schedule": {k: float(v) for k, v in
-                                                                                 schedule.items()},
-              "model": dict(model.config), "num_params": int(count_params(params)),
-              "excluded_parameters": [n for n in names if layer_type(n) == EXCLUDED],
-              "phases": phases, "history": h, "trust_ratio": trust,
-              "environment": parts[-1][1].environment, "dry_run": profiles.dry_run()}
-    if result_path is not None:
+        examples += steps * batch
+    records = [_bank_record(model, trial, i, parts, state, len(trials)) for i, trial in enumerate(trials)]
+    if results_dir is not None:
         import json
         from pathlib import Path
 
-        path = Path(result_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, allow_nan=True))
-    return record
+        for r in records:
+            path = Path(results_dir) / f"{r['label']}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(r, allow_nan=True))
+    return records
 
 
-def ladder(model, name: str, data, batch_sizes: Sequence[int], *, total_examples: int, peak_lr: float,
-           base_batch_size: int, warmup_steps: int, seeds: Sequence[int] = (0,), rule: str = "sqrt",
-           micro_batch: int | None = None, results_dir=None, label: str = "", done: Mapping | None = None,
+def _bank_record(model, trial: Trial, i: int, parts, state, n_trials: int) -> dict:
+    from lamb.experiments.models import count_params, layer_names
+
+    h = {k: [] for k in ("step", "examples", "loss", "accuracy", "learning_rate", "eval_step", "eval_examples",
+                         "test_loss", "test_accuracy", "eval_phase")}
+    params = jax.tree.map(lambda a: a[i], state[0])
+    # the layers of the trust ratios the bank step stacks, in its order
+    adapted = list(train.trust_ratios(jax.tree.map(lambda a: a[i], state[1])))
+    trust = {n: [] for n in adapted} if trial.optimizer == "lamb" else {}
+    phases = []
+    for k, p in enumerate(parts):
+        steps = np.arange(1, p["steps"] + 1)
+        h["step"] += (steps + p["offset"]).tolist()
+        h["examples"] += (p["examples"] + steps * p["batch"]).tolist()
+        h["loss"] += [float(v[i]) for v in p["per_step"]["loss"]]
+        h["accuracy"] += [float(v[i]) for v in p["per_step"]["accuracy"]]
+        counts = steps - 1 + p["offset"]      # the update count each step's rate is read at
+        h["learning_rate"] += np.asarray(schedules.two_phase_rate(counts, *trial.schedule.values()),
+                                         np.float64).tolist()
+        ev = p["evals"]
+        h["eval_step"] += [s + p["offset"] for s in ev["eval_step"]]
+        h["eval_examples"] += [p["examples"] + s * p["batch"] for s in ev["eval_step"]]
+        h["test_loss"] += [float(v[i]) for v in ev["test_loss"]]
+        h["test_accuracy"] += [float(v[i]) for v in ev["test_accuracy"]]
+        h["eval_phase"] += [k] * len(ev["eval_step"])
+        for j, name in enumerate(trust):
+            trust[name] += [float(v[i][j]) for v in p["per_step"]["trust_ratio"]]
+        phase = p["phase"]
+        phases.append({"seq_len": int(phase.data.seq_len), "batch_size": int(p["batch"]), "steps": int(p["steps"]),
+                       "planned_batch_size": int(phase.batch_size), "planned_steps": int(phase.steps),
+                       "micro_batch": int(p["micro"]), "accumulation_steps": int(p["accumulation"]),
+                       "bank_trials": n_trials, "bank_step_s": p["bank_step_s"],
+                       "compile_and_first_step_s": p["first_step_s"],
+                       "median_step_s": p["bank_step_s"] / n_trials,
+                       "train_time_s": p["bank_step_s"] / n_trials * p["steps"],
+                       **({"dry_run_cap": p["cap"]} if p["cap"] else {})})
+    return {"label": trial.label or f"{trial.optimizer}-seed{trial.seed}", "optimizer": trial.optimizer,
+            "seed": int(trial.seed), "schedule": trial.schedule, "model": dict(model.config),
+            "num_params": int(count_params(params)),
+            "excluded_parameters": [n for n in layer_names(params) if layer_type(n) == EXCLUDED],
+            "phases": phases, "history": h, "trust_ratio": trust,
+            "environment": train.environment(), "dry_run": profiles.dry_run()}
+
+
+def ladder(model, data, batch_sizes: Sequence[int], peak_lrs: Mapping[str, float], *, total_examples: int,
+           base_batch_size: int, warmup_steps: int, seeds: Sequence[int] = (0,), base_seeds: Sequence[int] | None = None,
+           rule: str = "sqrt", micro_batch: int | None = None, done: Mapping | None = None, label: str = "",
            **kwargs) -> dict:
-    r"""Table 1's protocol: at every batch :math:`B` of ``batch_sizes``, ``total_examples / B`` steps (a fixed
-    budget of examples, the paper's fixed epochs), the peak rate ``peak_lr`` scaled from ``base_batch_size`` by
-    ``rule`` (the square root) and ``warmup_steps`` steps of warmup at every batch (the linear-epoch rule:
-    warmup epochs grow with :math:`B`, so warmup steps stay put); nothing retuned. Returns
-    ``{(B, seed): record}``; a dry run trains only the first batch size and seed. ``done``: records of runs
-    already trained with these settings (e.g. the tuning run at ``B0``), ``{(B, seed): record}``, reused."""
-    out = {}
-    trials = [(b, s) for b in batch_sizes for s in seeds]
-    for b, s in trials[:1] if profiles.dry_run() else trials:
-        if done and (b, s) in done:
-            out[(b, s)] = done[(b, s)]
-            continue
+    r"""Table 1's protocol for each optimizer of ``peak_lrs`` (``{name: rate tuned at base_batch_size}``): at
+    every batch :math:`B` of ``batch_sizes``, ``total_examples / B`` steps (a fixed budget of examples, the
+    paper's fixed epochs), the peak rate scaled from ``base_batch_size`` by ``rule`` (the square root) and
+    ``warmup_steps`` steps of warmup at every batch (the linear-epoch rule: warmup epochs grow with :math:`B`,
+    so warmup steps stay put); nothing retuned. One :func:`bank` per batch, every optimizer and seed in it, in
+    micro-batches of ``micro_batch`` (default: the whole batch), so with a fixed micro-batch the whole ladder
+    runs one compiled program.
+
+    ``base_seeds``: the seeds trained at ``base_batch_size`` (default ``seeds``); ``done``:
+    ``{(name, B, seed): record}`` of runs already trained (e.g. the tuning run of the chosen rate), included
+    and not trained again. Returns
+    ``{name: {(B, seed): record}}``.
+    """
+    done = dict(done or {})
+    out = {name: {} for name in peak_lrs}
+    for b in batch_sizes:
         steps = total_examples // b
         if steps <= warmup_steps:
-            raise ValueError(f"batch {b}: the budget of {total_examples} examples gives {steps} steps, not more "
-                             f"than the {warmup_steps} warmup steps; raise total_examples or lower the batch")
-        peak = schedules.scale_learning_rate(peak_lr, b, base_batch_size, rule)
-        schedule = {"peak_1": peak, "warmup_1": warmup_steps, "steps_1": steps}
-        acc = max(1, b // micro_batch) if micro_batch else 1
-        lab = f"{label or name}-B{b}-lr{peak:.3g}-seed{s}"
-        out[(b, s)] = train_phases(model, name, [Phase(data, b, steps, acc)], schedule, seed=s, label=lab,
-                                   result_path=None if results_dir is None else f"{results_dir}/{lab}.json",
-                                   **kwargs)
+            raise ValueError(f"batch {b}: {total_examples} examples give {steps} steps, not more than the "
+                             f"{warmup_steps} warmup steps; raise total_examples or lower the batch")
+        micro = b if micro_batch is None else int(micro_batch)
+        if micro < 1 or b % micro:
+            raise ValueError(f"batch {b} is not a multiple of micro_batch={micro_batch!r}")
+        trials = []
+        for name, lr in peak_lrs.items():
+            peak = schedules.scale_learning_rate(lr, b, base_batch_size, rule)
+            out[name].update({(b, s): r for (n, bb, s), r in done.items() if n == name and bb == b})
+            for s in (base_seeds if b == base_batch_size and base_seeds is not None else seeds):
+                if (b, s) not in out[name]:
+                    trials.append(Trial(name, int(s), peak, warmup_steps, steps,
+                                        label=f"{label}{name}-B{b}-lr{peak:.3g}-seed{s}"))
+        for t, r in zip(trials, bank(model, trials, [Phase(data, b, steps, b // micro)], **kwargs)):
+            out[t.optimizer][(b, t.seed)] = r
     return out
 
 
-def grid(model, name: str, data, batch_size: int, peak_lrs: Sequence[float], *, total_examples: int,
-         warmup_steps: int, seed: int = 0, micro_batch: int | None = None, results_dir=None, label: str = "",
-         **kwargs) -> dict:
-    """One run per peak rate of ``peak_lrs`` at ``batch_size`` (``total_examples / batch_size`` steps,
-    ``warmup_steps`` of warmup): ``{peak_lr: record}``. A dry run trains the first rate only."""
-    out = {}
-    for lr in peak_lrs[:1] if profiles.dry_run() else peak_lrs:
-        out[lr] = ladder(model, name, data, [batch_size], total_examples=total_examples, peak_lr=lr,
-                         base_batch_size=batch_size, warmup_steps=warmup_steps, seeds=(seed,),
-                         micro_batch=micro_batch, results_dir=results_dir, label=label, **kwargs)[(batch_size, seed)]
+def grid(model, data, batch_size: int, peak_lrs: Mapping[str, Sequence[float]], *, total_examples: int,
+         warmup_steps: int, seed: int = 0, micro_batch: int | None = None, label: str = "", **kwargs) -> dict:
+    """One run per optimizer and peak rate of ``peak_lrs`` (``{name: [rates]}``) at ``batch_size``
+    (``total_examples / batch_size`` steps, ``warmup_steps`` of warmup), all in one :func:`bank`:
+    ``{name: {peak_lr: record}}``."""
+    steps = total_examples // batch_size
+    micro = batch_size if micro_batch is None else int(micro_batch)
+    if micro < 1 or batch_size % micro:
+        raise ValueError(f"batch {batch_size} is not a multiple of micro_batch={micro_batch!r}")
+    trials = [Trial(name, int(seed), float(lr), warmup_steps, steps,
+                    label=f"{label}{name}-B{batch_size}-lr{lr:.3g}-seed{seed}")
+              for name, lrs in peak_lrs.items() for lr in lrs]
+    out = {name: {} for name in peak_lrs}
+    for t, r in zip(trials, bank(model, trials, [Phase(data, batch_size, steps, batch_size // micro)], **kwargs)):
+        out[t.optimizer][t.peak_1] = r
     return out
 
 
@@ -323,13 +569,22 @@ def summarize(records: Sequence[Mapping]) -> dict:
             "median_step_s": float(np.mean([r["phases"][0]["median_step_s"] for r in records]))}
 
 
-def table1(ladder_records: Mapping, target_accuracy: float) -> list[dict]:
+def base_target(base_records: Sequence[Mapping]) -> float:
+    """"B0's quality": the lowest final masked-token accuracy among the seeds of the base batch, so the bottom of
+    B0's own seed range. A batch reaches it when its seed-mean accuracy is at least this (:func:`table1`)."""
+    if not base_records:
+        raise ValueError("base_target needs the records of at least one base-batch run")
+    return float(min(_final(r, "test_accuracy") for r in base_records))
+
+
+def table1(ladder_records: Mapping, target_accuracy: float, floor: float = -math.inf) -> list[dict]:
     """Rows of our Table 1 from ``{(B, seed): record}``: per batch, :func:`summarize` plus ``reaches``, whether
-    the seed-mean final masked-token accuracy is at least ``target_accuracy``."""
+    the seed-mean final masked-token accuracy is at least ``target_accuracy`` and above ``floor`` (the
+    :func:`frequency_baseline`: a run at the floor learned nothing, whatever the target)."""
     rows = []
     for b in sorted({b for b, _ in ladder_records}):
         row = {"batch_size": b, **summarize([r for (bb, _), r in sorted(ladder_records.items()) if bb == b])}
-        row["reaches"] = bool(row["acc_mean"] >= target_accuracy)
+        row["reaches"] = bool(row["acc_mean"] >= target_accuracy and row["acc_mean"] > floor)
         rows.append(row)
     return rows
 
@@ -401,6 +656,20 @@ def _ax(ax):
     return plt.gca() if ax is None else ax
 
 
+def _finish(ax, xlabel, ylabel, title=None, *, fontsize=8, ncol=1, xlog2=False, ylog=False):
+    """The axis-finishing lines every figure of this module shares: labels, scales, legend, title."""
+    if xlog2:
+        ax.set_xscale("log", base=2)
+    if ylog:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=fontsize, ncol=ncol)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def _smooth(y, window):
     y = np.asarray(y, dtype=float)
     if window <= 1 or len(y) < 2:
@@ -421,30 +690,26 @@ def plot_loss_vs_examples(records: Mapping[int, Mapping], *, ax=None, smooth_exa
     for c, (b, r) in zip(colors, sorted(records.items())):
         h = r["history"]
         ax.plot(h["examples"], _smooth(h["loss"], max(1, smooth_examples // b)), color=c, lw=1.2, label=f"B={b}")
-    ax.set_xlabel("examples seen")
-    ax.set_ylabel("training MLM loss")
-    ax.legend(fontsize=8, ncol=2)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, "examples seen", "training MLM loss", title, ncol=2)
 
 
-def plot_table1(rows_by_optimizer: Mapping[str, Sequence[Mapping]], target: float, *, ax=None, title=None):
-    """Final validation masked-token accuracy against batch size (seed range as error bars), the target line."""
+def plot_table1(rows_by_optimizer: Mapping[str, Sequence[Mapping]], target, *, ax=None, floor: float | None = None,
+                title=None):
+    """Final validation masked-token accuracy against batch size (seed range as error bars); the target (one
+    number, or ``{optimizer label: number}``, drawn in the optimizer's colour) and the frequency ``floor``."""
     ax = _ax(ax)
-    for name, rows in rows_by_optimizer.items():
+    for i, (name, rows) in enumerate(rows_by_optimizer.items()):
         b = np.array([r["batch_size"] for r in rows])
         m = np.array([r["acc_mean"] for r in rows])
         err = np.array([[r["acc_mean"] - r["acc_min"] for r in rows], [r["acc_max"] - r["acc_mean"] for r in rows]])
-        ax.errorbar(b, m, yerr=err, marker="o", capsize=3, label=name)
-    ax.axhline(target, color="0.4", ls="--", lw=0.9, label="target (B0's quality)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("final validation masked-token accuracy")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+        ax.errorbar(b, m, yerr=err, marker="o", capsize=3, color=f"C{i}", label=name)
+        if isinstance(target, Mapping):
+            ax.axhline(target[name], color=f"C{i}", ls="--", lw=0.9, label=f"{name.split()[0]}: $B_0$'s quality")
+    if not isinstance(target, Mapping):
+        ax.axhline(target, color="0.4", ls="--", lw=0.9, label="target ($B_0$'s quality)")
+    if floor is not None:
+        ax.axhline(floor, color="0.2", ls=":", lw=1.0, label="frequency floor")
+    return _finish(ax, "batch size", "final validation masked-token accuracy", title, xlog2=True)
 
 
 def trust_ratios_by_type(record: Mapping) -> dict[str, np.ndarray]:
@@ -470,13 +735,8 @@ def plot_trust_ratios(record: Mapping, *, ax=None, title=None):
             ax.plot(x, groups[t], color=c, lw=1.2, label=t)
     ax.plot(x, np.ones_like(x), color="0.5", ls=":", lw=1.2,
             label=f"{EXCLUDED}: {len(record['excluded_parameters'])} arrays, ratio 1")
-    ax.set_yscale("log")
-    ax.set_xlabel("fraction of training")
-    ax.set_ylabel(r"trust ratio $\|x\| / \|r + \lambda x\|$")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, "fraction of training", r"trust ratio $\|x\| / \|r + \lambda x\|$", title, fontsize=7,
+                   ylog=True)
 
 
 def plot_validation_ranking(records: Mapping[str, Mapping], *, ax=None, title=None):
@@ -494,12 +754,7 @@ def plot_validation_ranking(records: Mapping[str, Mapping], *, ax=None, title=No
     ax.scatter([], [], marker="o", color="C0", label="LAMB")
     ax.scatter([], [], marker="s", color="C1", label="AdamW")
     ax.plot([], [], color="C3", lw=0.6, label="pair ranked differently")
-    ax.set_xlabel("final validation MLM loss")
-    ax.set_ylabel("final validation masked-token accuracy")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, "final validation MLM loss", "final validation masked-token accuracy", title)
 
 
 def plot_scaling_efficiency(model_rows: Sequence[Mapping], paper: Mapping | None = None, *, ax=None, title=None):
@@ -515,13 +770,7 @@ def plot_scaling_efficiency(model_rows: Sequence[Mapping], paper: Mapping | None
     for i, (label, (ratio, eff)) in enumerate((paper or {}).items()):
         ax.plot([ratio], [100 * eff], "*", ms=11, color=f"C{i + 1}", label=label)
     ax.axhline(100, color="0.5", lw=0.8, ls="--")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("workers (chips) relative to the base")
-    ax.set_ylabel("scaling efficiency (%)")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, "workers (chips) relative to the base", "scaling efficiency (%)", title, xlog2=True)
 
 
 def plot_two_phase(records: Mapping[str, Mapping], *, ax=None, title=None):
@@ -535,12 +784,7 @@ def plot_two_phase(records: Mapping[str, Mapping], *, ax=None, title=None):
             ax.plot(np.asarray(h["eval_step"])[sel], np.asarray(h["test_loss"])[sel], marker="o", ms=3, color=f"C{i}",
                     ls="-" if k == 0 else "--", label=f"{label}, seq {r['phases'][k]['seq_len']}")
         ax.axvline(r["phases"][0]["steps"], color=f"C{i}", lw=0.7, ls=":")
-    ax.set_xlabel("optimizer steps")
-    ax.set_ylabel("validation MLM loss (at the phase's length)")
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _finish(ax, "optimizer steps", "validation MLM loss (at the phase's length)", title, fontsize=7)
 
 
 def draw_summary(data: Mapping):
@@ -551,8 +795,10 @@ def draw_summary(data: Mapping):
 
     env = data.get("environment", {})
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    plot_table1({{"lamb": "LAMB", "adamw": "AdamW"}.get(k, k): v for k, v in data["table1"].items()},
-                data["target_accuracy"], ax=axes[0, 0], title="Table 1 protocol")
+    names = {"lamb": "LAMB", "adamw": "AdamW"}
+    plot_table1({names.get(k, k): v for k, v in data["table1"].items()},
+                {names.get(k, k): v for k, v in data["targets"].items()}, ax=axes[0, 0],
+                floor=data["frequency_baseline"]["accuracy"], title="Table 1 protocol")
     ladder0 = {int(b): r for b, r in data["ladder_seed0"]["lamb"].items()}
     plot_loss_vs_examples(ladder0, ax=axes[0, 1], smooth_examples=int(data["settings"]["smooth_examples"]),
                           title="LAMB: training loss against examples")
