@@ -50,7 +50,6 @@ Not supported with this backend (an error says so): the ResNet recipe.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
