@@ -96,7 +96,9 @@ def _declares_plan(notebook: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lamb", description=__doc__.splitlines()[0])
+    from lamb import training_cli  # `train`: the BERT/ResNet recipes as a command (lamb/training_cli.py)
+
+    parser = argparse.ArgumentParser(prog=training_cli.prog_name(), description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a notebook at a profile with papermill")
     run.add_argument("notebook", help="path of the .ipynb to run")
@@ -119,8 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     export_p.add_argument("--profile", required=True, choices=PROFILES)
     export_p.add_argument("--output-dir", default="results", help="the run's results/ directory")
     export_p.add_argument("--destination", default=None, help="default: the package's lamb/results")
-    from lamb import training_cli  # `train`: the BERT/ResNet recipes as a command (lamb/training_cli.py)
-
     training_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "train":

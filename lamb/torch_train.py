@@ -30,18 +30,30 @@ batch, to float rounding. Gradient accumulation runs the micro-batches without g
   computes both from the local shards and all-reduces them (two scalars per layer), which is the only extra
   communication LAMB adds over AdamW.
 
-Not supported with this backend (errors say so): ``--checkpoint-dir`` (checkpoints are the JAX backend's),
-the ResNet recipe.
+Checkpoints and resume
+======================
+``--checkpoint-dir DIR`` saves every ``checkpoint_every`` steps (0: every ``eval_every``), at the end of each
+phase and at ``--stop-after``; a rerun with the same directory resumes from the latest checkpoint, and refuses
+one written for another configuration (``DIR/recipe.json``, the JAX backend's rule, plus ``backend``). A
+checkpoint is ``DIR/torch/step_<N>/``: the model and the optimizer state through
+``torch.distributed.checkpoint`` (``get_state_dict``/``set_state_dict``, so FSDP2's shards are saved by their
+owners and the checkpoint loads at any process count, with or without FSDP2), and ``meta.json`` (the step,
+the phases done, the scheduler and the history so far), written last by rank 0, so a checkpoint without it is
+incomplete and ignored. The data position is the step: every batch is a function of the seed and the step
+(``start_step``), and the model has no dropout, so a resumed run takes the steps an uninterrupted run takes.
+Every rank must see ``DIR`` (one machine, or a shared file system), as ``torch.distributed.checkpoint``
+requires.
+
+Not supported with this backend (an error says so): the ResNet recipe.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -141,11 +153,97 @@ def _full(p):
     return p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
-def train(cfg: dict, *, fsdp: bool = False, progress: bool = True, results_dir=None) -> dict:
+def _identity(cfg: dict, dry: bool) -> dict:
+    """What a torch checkpoint must match: the JAX recipe's identity (the configuration but where checkpoints
+    go), the backend, and whether it is a dry run (a dry run's checkpoint is not a real run's)."""
+    from lamb.experiments import recipes
+
+    return {"backend": "torch", **recipes._identity(cfg), "dry_run": bool(dry)}
+
+
+def _write_json_atomically(path: Path, value) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def _check_checkpoint_dir(ckpt: Path, identity: dict, rank: int) -> None:
+    """Refuse a checkpoint directory of another configuration; record this one's (rank 0) when new."""
+    saved = ckpt / "recipe.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        if before != identity:
+            diff = {k: (before.get(k), identity.get(k)) for k in sorted(set(before) | set(identity))
+                    if before.get(k) != identity.get(k)}
+            raise ValueError(f"the checkpoint in {ckpt} belongs to another configuration; differing entries "
+                             f"(checkpoint, now): {diff}. Use another --checkpoint-dir, or delete it to start "
+                             "afresh")
+    elif rank == 0:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        _write_json_atomically(saved, identity)
+
+
+def _latest_checkpoint(ckpt: Path) -> Path | None:
+    """The newest complete checkpoint (one whose ``meta.json`` rank 0 wrote) under ``ckpt/torch``."""
+    done = sorted((ckpt / "torch").glob("step_*/meta.json"), key=lambda m: int(m.parent.name.split("_")[1]))
+    return done[-1].parent if done else None
+
+
+def _save_checkpoint(ckpt: Path, model, optimizer, meta: dict, rank: int) -> Path:
+    """Save the model and optimizer (every rank its part, torch.distributed.checkpoint), then ``meta``
+    (rank 0, last); drop the older checkpoints."""
+    import shutil
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    where = ckpt / "torch" / f"step_{meta['step']:08d}"
+    model_state, optim_state = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # one process: torch warns that it assumes so, which is the intent
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(where),
+                 no_dist=not dist.is_initialized())
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        _write_json_atomically(where / "meta.json", meta)
+        for old in (ckpt / "torch").glob("step_*"):
+            if old != where:
+                shutil.rmtree(old, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return where
+
+
+def _load_checkpoint(where: Path, model, optimizer) -> dict:
+    """Load a checkpoint of :func:`_save_checkpoint` into ``model`` and ``optimizer`` (at any process count);
+    return its ``meta``."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    # get_state_dict gives the (empty) state its saved structure: torch initialises the optimizer's state by a
+    # step with zero gradients and a zero rate, which the loaded values then replace
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    with warnings.catch_warnings():  # one process: torch warns that it assumes so, which is the intent
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load(state, checkpoint_id=str(where), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    return json.loads((where / "meta.json").read_text())
+
+
+def train(cfg: dict, *, fsdp: bool = False, progress: bool = True, results_dir=None, checkpoint_dir=None,
+          stop_after: int | None = None) -> dict:
     """Train the BERT recipe ``cfg`` in PyTorch on this process's share of every global batch; return
-    ``{"params": {name: array}, "history": {...}, "environment": {...}}`` (the whole parameters on every
-    rank). Starts the process group from torchrun's environment (``WORLD_SIZE``, ``RANK``,
-    ``MASTER_ADDR``...) when ``WORLD_SIZE > 1``: NCCL on GPUs, gloo on CPUs."""
+    ``{"params": {name: array}, "history": {...}, "environment": {...}, "config": cfg, "stopped_at": N or
+    None}`` (the whole parameters on every rank). Starts the process group from torchrun's environment
+    (``WORLD_SIZE``, ``RANK``, ``MASTER_ADDR``...) when ``WORLD_SIZE > 1``: NCCL on GPUs, gloo on CPUs.
+
+    ``checkpoint_dir``: checkpoint there and resume from there (see the module's docstring); ``stop_after``:
+    stop, checkpointed, once this many optimizer steps of the whole run are done (``stopped_at`` is then the
+    step; the result files are not written)."""
     import torch
     import torch.distributed as dist
 
@@ -155,6 +253,9 @@ def train(cfg: dict, *, fsdp: bool = False, progress: bool = True, results_dir=N
     cfg = recipes.check_config(dict(cfg))
     if cfg["recipe"] != "bert":
         raise ValueError(f"the torch backend trains the bert recipe only, got {cfg['recipe']!r}")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int)
+                                   or stop_after < 1):
+        raise ValueError(f"stop_after must be an integer >= 1, got {stop_after!r}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     started_here = False
     if world > 1 and not dist.is_initialized():
@@ -166,7 +267,24 @@ def train(cfg: dict, *, fsdp: bool = False, progress: bool = True, results_dir=N
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    dry = profiles.dry_run()
+    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
+    out_dir = None if results_dir is None else Path(results_dir)
+    log_path = None
     try:
+        if ckpt is not None:
+            _check_checkpoint_dir(ckpt, _identity(cfg, dry), rank)
+        if out_dir is not None and rank == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            log_path = out_dir / "log.jsonl"
+
+        def log(record):
+            if log_path is not None:
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+
+        log({"event": "start", "time": time.time(), "backend": "torch", "dry_run": dry, "world_size": world,
+             "fsdp": bool(fsdp and world > 1), "config": cfg})
         torch.manual_seed(cfg["seed"])
         model = TorchBert(cfg["vocab_size"], cfg["long_seq_len"], cfg["hidden"], cfg["layers"], cfg["heads"]).to(device)
         if world > 1 and fsdp:
@@ -188,22 +306,68 @@ def train(cfg: dict, *, fsdp: bool = False, progress: bool = True, results_dir=N
         schedule = recipes.learning_rate_schedule(cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda count: float(schedule(count)))
         A = cfg["accumulation_steps"]
-        dry = profiles.dry_run()
         history = {"step": [], "loss": [], "learning_rate": [], "eval_step": [], "test_loss": []}
+        global_step, phases_done, resumed_from = 0, 0, None
+        latest = None if ckpt is None else _latest_checkpoint(ckpt)
+        if latest is not None:
+            meta = _load_checkpoint(latest, model, optimizer)
+            scheduler.load_state_dict(meta["scheduler"])
+            global_step, phases_done, history = meta["step"], meta["phases_done"], meta["history"]
+            resumed_from = global_step
+            log({"event": "resumed", "from_step": global_step, "checkpoint": str(latest)})
+        every = cfg["checkpoint_every"] or cfg["eval_every"]
+
+        def save():
+            if ckpt is None:
+                return
+            meta = {"step": global_step, "phases_done": phases_done, "scheduler": scheduler.state_dict(),
+                    "history": history}
+            where = _save_checkpoint(ckpt, model, optimizer, meta, rank)
+            log({"event": "checkpoint", "step": global_step, "path": str(where)})
+
+        def evaluate(mlm, micro_batch, phase_name):
+            """The loss on ``eval_batches`` validation batches at this phase's sequence length, all ranks."""
+            eval_sum, eval_count = torch.zeros((), device=device), torch.zeros((), device=device)
+            with torch.no_grad():
+                for i, b in enumerate(mlm.batches(max(world, micro_batch), seed=12345, split="validation")):
+                    if i >= cfg["eval_batches"]:
+                        break
+                    n = len(b["input_ids"])
+                    r = slice(rank * n // world, (rank + 1) * n // world)
+                    s, c = wrapped(torch.as_tensor(b["input_ids"][r], dtype=torch.long, device=device),
+                                   torch.as_tensor(b["labels"][r], dtype=torch.long, device=device))
+                    eval_sum += s
+                    eval_count += c
+            if dist.is_initialized():
+                dist.all_reduce(eval_sum)
+                dist.all_reduce(eval_count)
+            history["eval_step"].append(global_step)
+            history["test_loss"].append(float(eval_sum) / max(float(eval_count), 1.0))
+            log({"phase": phase_name, "eval_step": global_step, "test_loss": history["test_loss"][-1]})
+
         t0 = time.perf_counter()
-        global_step = 0
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg["steps"], disable=not progress or rank != 0, desc=f"torch bert x{world}", unit="step")
-        for phase in recipes._phases(cfg):
+        phases = recipes._phases(cfg)
+        run_steps = [min(p["steps"], profiles.DRY_RUN_STEPS) if dry else p["steps"] for p in phases]
+        bar = tqdm(total=sum(run_steps), initial=global_step, disable=not progress or rank != 0,
+                   desc=f"torch bert x{world}", unit="step")
+        # a rerun with a --stop-after that the checkpoint has reached trains nothing more
+        stopped_at = global_step if stop_after is not None and global_step >= stop_after else None
+        for index, (phase, steps) in enumerate(zip(phases, run_steps)):
+            if stopped_at is not None:
+                break
+            phase_start = sum(run_steps[:index])
+            if index < phases_done:
+                continue
             mlm = text.load_mlm(seq_len=phase["seq_len"], vocab_size=cfg["vocab_size"])
             B = phase["batch_size"]
             if B % (world * A):
                 raise ValueError(f"batch {B} must be divisible by world_size * accumulation_steps = {world} * {A}")
             rows = slice(rank * B // world, (rank + 1) * B // world)
-            steps = min(phase["steps"], profiles.DRY_RUN_STEPS) if dry else phase["steps"]
-            stream = mlm.stream(B, seed=cfg["seed"], start_step=0)
-            for step in range(1, steps + 1):
+            first = global_step - phase_start  # steps of this phase already done (a resumed run)
+            stream = mlm.stream(B, seed=cfg["seed"], start_step=first)
+            for step in range(first + 1, steps + 1):
                 batch = next(stream)
                 count = int((batch["labels"] != IGNORE_INDEX).sum())  # of the global batch: no communication
                 ids = torch.as_tensor(batch["input_ids"][rows], dtype=torch.long, device=device)
@@ -227,38 +391,39 @@ def train(cfg: dict, *, fsdp: bool = False, progress: bool = True, results_dir=N
                     dist.all_reduce(loss_sum)  # for the log only
                 history["step"].append(global_step)
                 history["loss"].append(float(loss_sum) / max(count, 1))
+                log({"phase": phase["name"], "step": global_step, "loss": history["loss"][-1],
+                     "learning_rate": history["learning_rate"][-1]})
                 bar.update(1)
                 bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", refresh=False)
-            # evaluation at the end of each phase: the validation split at this phase's sequence length
-            eval_sum, eval_count = torch.zeros((), device=device), torch.zeros((), device=device)
-            eval_batch = max(world, B // A)
-            with torch.no_grad():
-                for i, b in enumerate(mlm.batches(eval_batch, seed=12345, split="validation")):
-                    if i >= cfg["eval_batches"]:
-                        break
-                    n = len(b["input_ids"])
-                    r = slice(rank * n // world, (rank + 1) * n // world)
-                    s, c = wrapped(torch.as_tensor(b["input_ids"][r], dtype=torch.long, device=device),
-                                   torch.as_tensor(b["labels"][r], dtype=torch.long, device=device))
-                    eval_sum += s
-                    eval_count += c
-            if dist.is_initialized():
-                dist.all_reduce(eval_sum)
-                dist.all_reduce(eval_count)
-            history["eval_step"].append(global_step)
-            history["test_loss"].append(float(eval_sum) / max(float(eval_count), 1.0))
+                if step % cfg["eval_every"] == 0 or step == steps:
+                    evaluate(mlm, B // A, phase["name"])
+                if stop_after is not None and global_step >= stop_after:
+                    stopped_at = global_step
+                    break
+                if step % every == 0 and step < steps:
+                    save()
+            if stopped_at is not None:
+                break
+            if not history["eval_step"] or history["eval_step"][-1] != global_step:
+                evaluate(mlm, B // A, phase["name"])  # every phase ends with an evaluation
+            phases_done = index + 1
+            save()
+        if stopped_at is not None:
+            if stopped_at != resumed_from:
+                save()
+            log({"event": "stopped", "step": stopped_at, "time": time.time()})
         bar.close()
         wall = time.perf_counter() - t0
         params = {name: _full(p).detach().cpu().numpy() for name, p in model.named_parameters()}
         env = {"backend": "torch", "torch": torch.__version__, "device": str(device), "world_size": world,
-               "fsdp": bool(fsdp and world > 1), "wall_time_s": wall, "python": sys.version.split()[0]}
-        out = {"params": params, "history": history, "environment": env, "config": cfg}
-        if results_dir is not None and rank == 0:
-            d = Path(results_dir)
-            d.mkdir(parents=True, exist_ok=True)
-            np.savez(d / "torch_params.npz", **params)
-            (d / "torch.json").write_text(json.dumps({"config": cfg, "environment": env, "history": history},
-                                                     indent=1))
+               "fsdp": bool(fsdp and world > 1), "wall_time_s": wall, "python": sys.version.split()[0],
+               "dry_run": dry, "resumed_from": resumed_from}
+        out = {"params": params, "history": history, "environment": env, "config": cfg, "stopped_at": stopped_at}
+        if stopped_at is None and out_dir is not None and rank == 0:
+            np.savez(out_dir / "torch_params.npz", **params)
+            (out_dir / "torch.json").write_text(json.dumps({"config": cfg, "environment": env, "history": history},
+                                                           indent=1))
+            log({"event": "done", "time": time.time(), "final_test_loss": history["test_loss"][-1]})
         return out
     finally:
         if started_here:
@@ -281,18 +446,24 @@ def main_from_args(args) -> int:
         print(f"lamb train: error: the torch backend trains the bert recipe only, got {args.recipe!r}",
               file=sys.stderr)
         return 2
-    if args.checkpoint_dir is not None or args.stop_after is not None:
-        print("lamb train: error: --checkpoint-dir and --stop-after are not supported by the torch backend "
-              "(use the jax backend)", file=sys.stderr)
-        return 2
     try:
         cfg = training_cli.config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"lamb train: error: {e}", file=sys.stderr)
         return 2
     results_dir = args.results_dir or os.path.join("results", cfg["profile"], "train_bert_torch")
-    out = train(cfg, fsdp=args.fsdp, progress=not args.no_progress, results_dir=results_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
+    try:
+        out = train(cfg, fsdp=args.fsdp, progress=not args.no_progress, results_dir=results_dir,
+                    checkpoint_dir=args.checkpoint_dir, stop_after=args.stop_after)
+    except ValueError as e:
+        print(f"lamb train: error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    if out["stopped_at"] is not None:
+        print(f"stopped after step {out['stopped_at']}; rerun the same command to resume from "
+              f"{args.checkpoint_dir or '(no --checkpoint-dir: nothing saved)'}")
+    else:
         env = out["environment"]
         print(f"done: torch, {env['world_size']} process(es){' FSDP2' if env['fsdp'] else ''}, final "
               f"validation loss {out['history']['test_loss'][-1]:.4f}; results in {results_dir}")
@@ -303,11 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m lamb.torch_train bert ...`` (the flags of ``python -m lamb train``, backend torch)."""
     from lamb import training_cli
 
-    parser = argparse.ArgumentParser(prog="python -m lamb.torch_train")
-    sub = parser.add_subparsers(dest="command", required=True)
-    training_cli.add_parser(sub)
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    args.backend = "torch"
+    args = training_cli.torch_parser().parse_args(sys.argv[1:] if argv is None else argv)
     return main_from_args(args)
 
 

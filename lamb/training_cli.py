@@ -40,14 +40,50 @@ def _positive_int_list(text: str) -> list[int]:
     return values
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default where it has one; configuration flags without one take the profile's."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+_EPILOG = ("Configuration flags left out take the value of --config FILE, else the profile's default "
+           "(lamb.experiments.recipes.DEFAULTS).")
+
+
+def prog_name() -> str:
+    """How this process was started, for usage lines: ``lamb`` (the console script) or ``python -m lamb``."""
+    return "lamb" if os.path.basename(sys.argv[0]) in ("lamb", "lamb.exe") else "python -m lamb"
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``train`` subcommand on ``subparsers`` (of ``python -m lamb``)."""
+    p = subparsers.add_parser("train", help="train the BERT or ResNet recipe (JAX, many processes; or torchrun)",
+                              description=__doc__.split("\n\n")[0], epilog=_EPILOG,
+                              formatter_class=_HelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def torch_parser(prog: str = "python -m lamb.torch_train") -> argparse.ArgumentParser:
+    """The parser of ``python -m lamb.torch_train`` (also under ``torchrun ... -m lamb.torch_train``): the flags
+    of ``lamb train`` that the torch backend reads (no ResNet recipe, no JAX device or process flags)."""
+    p = argparse.ArgumentParser(prog=prog, description="The BERT recipe in PyTorch with lamb.torch.Lamb, on one "
+                                "process or under torchrun (DDP, or FSDP2 with --fsdp); the flags of `lamb train`.",
+                                epilog=_EPILOG, formatter_class=_HelpFormatter)
+    add_arguments(p, backend="torch")
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser, backend: str = "any") -> None:
+    """The flags of ``lamb train`` on ``p``; ``backend="torch"``: only those the torch backend reads."""
     from lamb.experiments.recipes import DATASETS, LR_RULES, OPTIMIZERS, RECIPES, SCHEDULES
 
-    p = subparsers.add_parser("train", help="train the BERT or ResNet recipe (JAX, many processes; or torchrun)",
-                              description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("recipe", choices=RECIPES, help="which recipe")
+    torch_only = backend == "torch"
+    p.add_argument("recipe", choices=("bert",) if torch_only else RECIPES, help="which recipe")
     p.add_argument("--profile", choices=PROFILES, default=None,
                    help="the scale of the defaults (default: $LAMB_PROFILE or cpu)")
     p.add_argument("--config", metavar="FILE", help="TOML file of configuration entries (keys as the flags, "
@@ -74,11 +110,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--hidden", type=int)
     g.add_argument("--layers", type=int)
     g.add_argument("--heads", type=int)
-    g = p.add_argument_group("resnet recipe")
-    g.add_argument("--dataset", choices=DATASETS)
-    g.add_argument("--data-dir", help="folder of the downloaded CIFAR files")
-    g.add_argument("--num-samples", type=int, help="MNIST-1D examples generated")
-    g.add_argument("--widths", type=_positive_int_list, help="channels per stage, e.g. 16,32,64")
+    if not torch_only:
+        g = p.add_argument_group("resnet recipe")
+        g.add_argument("--dataset", choices=DATASETS)
+        g.add_argument("--data-dir", help="folder of the downloaded CIFAR files")
+        g.add_argument("--num-samples", type=int, help="MNIST-1D examples generated")
+        g.add_argument("--widths", type=_positive_int_list, help="channels per stage, e.g. 16,32,64")
     g = p.add_argument_group("evaluation, checkpoints and results")
     g.add_argument("--eval-every", type=int)
     g.add_argument("--eval-batches", type=int)
@@ -86,9 +123,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: at every evaluation)")
     g.add_argument("--stop-after", type=int, metavar="STEPS",
                    help="stop (checkpointed) after this many steps; rerun to resume")
-    g.add_argument("--results-dir", help="result files and log.jsonl (default: results/<profile>/train_<recipe>)")
+    g.add_argument("--results-dir", help="result files and log.jsonl (default: results/<profile>/"
+                   f"{'train_bert_torch' if torch_only else 'train_<recipe>, train_bert_torch with --backend torch'})")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("devices and processes")
+    if torch_only:
+        g.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 (fully_shard); default DDP "
+                       "under torchrun")
+        p.set_defaults(backend="torch")
+        return
     g.add_argument("--backend", choices=("jax", "torch"), default="jax",
                    help="torch: the BERT recipe in PyTorch with lamb.torch (under torchrun: DDP or FSDP2)")
     g.add_argument("--fsdp", action="store_true", help="torch backend: shard parameters with FSDP2 (fully_shard)")

@@ -228,3 +228,16 @@ def test_notebook_dry_run_at_full_scale(path, profile, tmp_path, monkeypatch):
             assert entry["environment"].get("dry_run") is True, p
     with pytest.raises(exports.ExportError, match="dry run"):
         exports.export(path.stem, profile, source=results, destination=tmp_path / "exported")
+
+
+def test_tpu_dry_run_is_its_own_case_where_its_settings_differ(monkeypatch):
+    """A tpu case is dropped only where its settings equal gpu's; any difference (a batch, a skip) keeps it."""
+    import sys
+
+    this = sys.modules[__name__]
+    fake = [ROOT / "notebooks" / "same.ipynb", ROOT / "notebooks" / "differs.ipynb"]
+    table = {("same", "gpu"): {"b": 1}, ("same", "tpu"): {"b": 1},
+             ("differs", "gpu"): {"b": 1}, ("differs", "tpu"): {"b": 1, "dry_run_skip": {"x": "why"}}}
+    monkeypatch.setattr(this, "part2_notebooks", lambda: fake)
+    monkeypatch.setattr(profiles, "settings", lambda nb, p: {**table[(nb, p)], "profile": p})
+    assert [c.id for c in _dry_run_cases()] == ["same-gpu", "differs-gpu", "differs-tpu"]

@@ -122,14 +122,8 @@ def test_result_file_and_epochs(digits, mlp, tmp_path):
     np.testing.assert_allclose(acc, np.round(acc), atol=1e-6)
 
 
-def test_bert_on_masked_language_modelling():
-    from lamb.experiments import text
-
-    words = ("the optimizer scales each layer by the ratio of the weight norm to the update norm so that "
-             "large batches train as fast as small ones when the learning rate is tuned ").split()
-    rng = np.random.default_rng(0)
-    docs = [" ".join(rng.choice(words, 60)) for _ in range(40)]
-    mlm = text.mlm_from_texts(docs[:32], docs[32:], seq_len=16, vocab_size=64, cache=False)
+def test_bert_on_masked_language_modelling(tiny_mlm):
+    mlm = tiny_mlm
     model = models.bert(mlm.vocab_size, 16, hidden=16, layers=1, heads=2)
     result = train.fit(model, lj.lamb(1e-2), mlm, batch_size=8, steps=6, eval_every=3, eval_batches=2,
                        progress=False)

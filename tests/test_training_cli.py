@@ -3,6 +3,7 @@ two-phase BERT schedule, dry runs, and the multi-process launch detection (in th
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -97,3 +98,91 @@ def test_multiprocess_launch_detection():
         distributed.initialize("127.0.0.1", 2, 0)
     with pytest.raises(ValueError, match=r"process_id must be in \[0, 2\), got 2"):
         distributed.initialize("127.0.0.1:1234", 2, 2)
+
+
+@pytest.mark.parametrize("argv0, prog", [("/home/u/.venv/bin/lamb", "lamb"),
+                                         ("/home/u/lamb/lamb/__main__.py", "python -m lamb")])
+def test_help_names_the_command_as_it_was_started(monkeypatch, capsys, argv0, prog):
+    monkeypatch.setattr("sys.argv", [argv0, "train", "--help"])
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {prog} train [-h]"), out[:80]
+    assert "(default: None)" not in out and "the profile's default" in out
+
+
+def test_torch_train_help_has_its_own_name_and_only_its_flags(capsys):
+    from lamb import torch_train
+
+    with pytest.raises(SystemExit) as e:
+        torch_train.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m lamb.torch_train [-h]") and " train " not in out.splitlines()[0]
+    assert "--fsdp" in out and "--checkpoint-dir" in out and "{bert}" in out
+    assert "--cpu-devices" not in out and "--widths" not in out and "--backend" not in out
+
+
+def test_console_script_help(tmp_path):
+    """`lamb train --help` through the installed console script (the entry point of pyproject.toml)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("lamb")
+    if not script.is_file():
+        script = shutil.which("lamb")
+        if script is None:
+            pytest.skip("the package's console script is not installed here")
+    r = subprocess.run([str(script), "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: lamb train [-h]")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The README's commands (section "Training beyond one machine"), parsed by the parsers that will run them
+
+def _readme_commands() -> list[list[str]]:
+    """Every command line of the section's bash blocks that runs the package (continuations joined; the
+    command inside a `--command='...'` string; `$i` of a shell loop as 0), split like a shell does."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Training beyond one machine", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("  #", 1)[0].strip().replace("$i", "0")
+            for part in re.split(r"&&|;|\bdo\b|&\s|'", line):
+                words = shlex.split(part.replace("--command=", ""))
+                if "lamb" in " ".join(words) and ("python" in words or "torchrun" in words):
+                    commands.append(words)
+    return commands
+
+
+def test_readme_commands_parse():
+    from torch.distributed.run import get_args_parser
+
+    from lamb import training_cli
+
+    commands = _readme_commands()
+    kinds = [w[0] for w in commands]
+    assert kinds.count("torchrun") >= 2 and sum(w[:3] == ["python", "-m", "lamb"] for w in commands) >= 5, commands
+    lamb_parser = argparse.ArgumentParser(prog="lamb")
+    training_cli.add_parser(lamb_parser.add_subparsers(dest="command", required=True))
+    for words in commands:
+        if words[0] == "torchrun":
+            launch = get_args_parser().parse_args(words[1:])      # torchrun's own flags
+            assert launch.module and launch.training_script == "lamb.torch_train", words
+            args = training_cli.torch_parser().parse_args(launch.training_script_args)
+        else:
+            start = words.index("lamb") + 1
+            args = lamb_parser.parse_args(words[start:])
+            assert args.command == "train", words
+        cfg = training_cli.config_from_args(args)   # the configuration it asks for is valid too
+        assert cfg["recipe"] == args.recipe

@@ -150,14 +150,8 @@ def test_mask_tokens_on_device_follows_berts_rule():
     assert (inputs[chosen] >= 4).all()
 
 
-def test_bert_masked_language_model_task():
-    from lamb.experiments import text
-
-    words = ("the optimizer scales each layer by the ratio of the weight norm to the update norm so that "
-             "large batches train as fast as small ones when the learning rate is tuned ").split()
-    rng = np.random.default_rng(0)
-    docs = [" ".join(rng.choice(words, 60)) for _ in range(40)]
-    mlm = text.mlm_from_texts(docs[:32], docs[32:], seq_len=16, vocab_size=64, cache=False)
+def test_bert_masked_language_model_task(tiny_mlm):
+    mlm = tiny_mlm
     model = models.bert(mlm.vocab_size, 16, hidden=16, layers=1, heads=2)
     task = vectorized.mlm_task(model, mlm, eval_sequences=16)
     result = vectorized.run(task, _lamb, [3e-3, 3e-2], [0], batch_size=16, micro_batch=8, steps=30, eval_every=10,
