@@ -160,6 +160,19 @@ def test_dry_run_caps_steps_and_micro_batches_at_full_shapes(tiny, monkeypatch):
     assert records[0]["dry_run"] and records[0]["environment"]["dry_run"]
 
 
+def test_bank_step_flops_costs_the_full_shapes_without_training(tiny, monkeypatch):
+    short, long, model = tiny
+    monkeypatch.setenv(profiles.DRY_RUN_ENV, "1")       # the dry run's caps do not apply: nothing runs
+    trials = [blb.Trial("lamb", 0, 0.01, 2, 8), blb.Trial("adamw", 1, 0.01, 2, 8)]
+    costs = blb.bank_step_flops(model, trials, [blb.Phase(short, 16, 8, 2), blb.Phase(long, 16, 3, 4)])
+    assert [(c["seq_len"], c["micro_batch"], c["accumulation_steps"], c["steps"], c["runs"]) for c in costs] == [
+        (12, 8, 2, 8, 2), (24, 4, 4, 3, 2)]
+    for c in costs:
+        assert c["micro_batch_flops"] > 0 and c["step_flops"] == c["accumulation_steps"] * c["micro_batch_flops"]
+    small = blb.bank_step_flops(model, trials, [blb.Phase(short, 16, 8, 8)])[0]
+    assert 1.5 < costs[0]["micro_batch_flops"] / small["micro_batch_flops"] < 4    # 8 sequences against 2
+
+
 def test_frequency_baseline_by_hand(tiny):
     short, _, _ = tiny
     out = blb.frequency_baseline(short, eval_batch_size=4, eval_sequences=10)

@@ -175,7 +175,7 @@ def test_part2_is_discovered_from_the_toc():
 #: Notebooks whose full-scale dry run has been run and fits CI's budget. The others are collected and skipped
 #: with this reason until their dry run is measured on CI's 2 cores (issue 14): a dry run at `gpu` shapes of
 #: the BERT notebook alone (batch 16K with accumulation) may take longer than the whole test budget on a CPU.
-DRY_RUN_MEASURED = {"training_harness", "batch_size_scaling"}
+DRY_RUN_MEASURED = {"training_harness", "batch_size_scaling", "bert_large_batch"}
 
 
 def _dry_run_cases():

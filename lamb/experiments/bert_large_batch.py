@@ -37,9 +37,9 @@ from lamb.experiments import communication, schedules, train
 
 __all__ = ["OPTIMIZERS", "LAYER_TYPES", "EXCLUDED", "DRY_RUN_MICRO_BATCH", "Phase", "Trial", "adaptation_mask",
            "layer_type", "optimizer", "mixed_precision", "enable_compilation_cache", "batch_ladder", "bank",
-           "clear_bank_programs", "validation_batches", "frequency_baseline", "ladder", "grid", "summarize",
-           "table1", "base_target", "largest_reaching", "ranking_disagreements", "scaling_model", "markdown_table",
-           "plot_loss_vs_examples", "plot_table1", "plot_trust_ratios", "plot_validation_ranking",
+           "bank_step_flops", "clear_bank_programs", "validation_batches", "frequency_baseline", "ladder", "grid",
+           "summarize", "table1", "base_target", "largest_reaching", "ranking_disagreements", "scaling_model",
+           "markdown_table", "plot_loss_vs_examples", "plot_table1", "plot_trust_ratios", "plot_validation_ranking",
            "plot_scaling_efficiency", "plot_two_phase", "draw_summary"]
 
 OPTIMIZERS = ("lamb", "adamw")
@@ -170,7 +170,7 @@ class Phase:
 #: :data:`lamb.profiles.DRY_RUN_STEPS` micro-batches per step): a micro-batch at ``gpu`` shapes (1024 sequences
 #: of 128 tokens through a 4-layer BERT, about 3 TFLOP) takes minutes on a CPU. The cap is recorded in every
 #: record's phases (``dry_run_cap``).
-DRY_RUN_MICRO_BATCH = 4      # (and evaluations on at most this many validation sequences)
+DRY_RUN_MICRO_BATCH = 1      # (and evaluations on at most this many validation sequences)
 #: The fixed masking of the validation sequences (every run is evaluated on the same masked positions).
 EVAL_MASK_SEED = 12345
 
@@ -401,8 +401,11 @@ def bank(model, trials: Sequence[Trial], phases: Sequence[Phase], *, evaluations
                                  weight_decay)
         if state is None:
             state = programs["init"](seeds, hp)
-        order = jnp.asarray(np.stack([_example_order(int(t.seed), index, tokens.shape[0], steps * batch)
-                                      for t in trials]))
+        count = steps * batch
+        if cap:  # one length for every dry-run bank, so that (as in a real run, where every bank of a ladder sees
+            # the same examples) banks that differ only in batch size share their compiled program
+            count = max(count, profiles.DRY_RUN_STEPS ** 2 * DRY_RUN_MICRO_BATCH)
+        order = jnp.asarray(np.stack([_example_order(int(t.seed), index, tokens.shape[0], count) for t in trials]))
         n_eval = len(data_.validation) if eval_sequences is None else min(int(eval_sequences), len(data_.validation))
         if cap:
             cap["eval_sequences"] = n_eval
@@ -444,6 +447,53 @@ def bank(model, trials: Sequence[Trial], phases: Sequence[Phase], *, evaluations
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(r, allow_nan=True))
     return records
+
+
+_STEP_FLOPS: dict = {}
+
+
+def bank_step_flops(model, trials: Sequence[Trial], phases: Sequence[Phase], *,
+                    weight_decay: float = 0.01) -> list[dict]:
+    """What one :func:`bank` step of each phase costs, without running it: the bank's step program at the
+    phase's full shapes (``len(trials)`` runs, micro-batches of ``batch_size / accumulation_steps`` sequences)
+    traced from abstract shapes and costed by XLA (``lower(...).cost_analysis()``; nothing is compiled or
+    allocated). XLA counts the accumulation loop's body once, so ``micro_batch_flops`` is one micro-batch of
+    every run plus one optimizer update, and ``step_flops`` that times ``accumulation_steps``. One dict per
+    phase: ``seq_len``, ``batch_size``, ``micro_batch``, ``accumulation_steps``, ``steps``, ``runs``, the FLOPs.
+    A dry run prints these for a part too costly to train on a small CPU."""
+    from lamb.plan import _flops
+
+    trials = list(trials)
+    if not trials or not all(isinstance(t, Trial) for t in trials):
+        raise ValueError(f"trials must be a non-empty sequence of Trial, got {trials!r}")
+    if not phases or not all(isinstance(p, Phase) for p in phases):
+        raise ValueError(f"phases must be a non-empty sequence of Phase, got {phases!r}")
+    hp = {k: jax.ShapeDtypeStruct((len(trials),), jnp.float32) for k in trials[0].schedule}
+    hp["lamb"] = jax.ShapeDtypeStruct((len(trials),), jnp.float32)
+    seeds = jax.ShapeDtypeStruct((len(trials),), jnp.uint32)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    state, out = None, []
+    for index, phase in enumerate(phases):
+        if phase.batch_size % phase.accumulation_steps:
+            raise ValueError(f"phase {index}: batch_size {phase.batch_size} is not a multiple of accumulation_steps "
+                             f"{phase.accumulation_steps}")
+        micro = phase.batch_size // phase.accumulation_steps
+        data_ = phase.data
+        programs = _bank_program(model, int(data_.vocab_size), int(data_.seq_len), micro, len(trials),
+                                 weight_decay)
+        if state is None:
+            state = jax.eval_shape(programs["init"], seeds, hp)
+        key = (id(programs["step"]), np.shape(data_.train))
+        if key not in _STEP_FLOPS:  # (a micro-batch's FLOPs do not depend on the batch: one count per program)
+            tokens = jax.ShapeDtypeStruct(np.shape(data_.train), jnp.int32)
+            order = jax.ShapeDtypeStruct((len(trials), phase.batch_size), jnp.int32)
+            _STEP_FLOPS[key] = _flops(programs["step"].lower(state, hp, seeds, order, tokens, scalar, scalar))
+        flops = _STEP_FLOPS[key]
+        out.append({"seq_len": int(data_.seq_len), "batch_size": int(phase.batch_size), "micro_batch": micro,
+                    "accumulation_steps": int(phase.accumulation_steps), "steps": int(phase.steps),
+                    "runs": len(trials), "micro_batch_flops": flops,
+                    "step_flops": flops * phase.accumulation_steps})
+    return out
 
 
 def _bank_record(model, trial: Trial, i: int, parts, state, n_trials: int) -> dict:
